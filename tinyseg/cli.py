@@ -1,0 +1,239 @@
+"""Command line: `tinyseg synth | show | train | eval | predict`. Run `tinyseg COMMAND -h` for options."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from tinyseg.config import Config, ConfigError, apply_overrides, preset
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def cmd_synth(a: argparse.Namespace) -> None:
+    from tinyseg.data.synthetic import generate
+
+    t = time.perf_counter()
+    tr, va = generate(a.out_dir, a.train, a.val, a.size, a.seed, progress=True, workers=a.workers)
+    dt = time.perf_counter() - t
+    print(f"wrote {tr} and {va} ({a.train + a.val} images in {dt:.1f} s, {(a.train + a.val) / dt:.0f} images/s)")
+
+
+def cmd_show(a: argparse.Namespace) -> None:
+    import numpy as np
+    from tqdm import tqdm
+
+    from tinyseg.config import DataConfig
+    from tinyseg.data.coco import CocoDataset, decode_masks, load_coco
+    from tinyseg.data.transforms import masks_to_boxes
+    from tinyseg.viz import draw_instances, write_rgb
+
+    data = load_coco(a.data, a.images)
+    out = Path(a.out)
+    ds = None
+    if a.augment:
+        dc = DataConfig(imgsz=a.imgsz)
+        ds = CocoDataset(data, a.imgsz, True, 1, dc.scale_min, dc.scale_max, dc.flip_prob, dc.color_jitter,
+                         dc.min_instance_pixels, 10**6, a.seed)
+    n = min(a.num, len(data.images))
+    for i in tqdm(range(n), desc="render", unit="img"):
+        rec = data.images[i]
+        if ds is not None:
+            img_t, t = ds[i]
+            img = img_t.permute(1, 2, 0).numpy()
+            masks = t["masks"].numpy() > 127
+            labels = t["labels"].numpy()
+            boxes = t["boxes"].numpy()
+        else:
+            from tinyseg.data.coco import read_image
+
+            img = read_image(rec.file)
+            masks = decode_masks(rec.rles, rec.height, rec.width).astype(bool)
+            labels = np.asarray(rec.labels)
+            boxes = masks_to_boxes(masks)
+        vis = draw_instances(img, boxes, labels, masks, data.class_names)
+        write_rgb(out / f"{Path(rec.file).stem}.png", vis)
+    print(f"wrote {n} overlays to {out}/")
+
+
+def _build_config(a: argparse.Namespace) -> Config:
+    cfg = Config.load(a.config) if a.config else Config()
+    if a.model:
+        cfg.model = preset(a.model)
+    for key, value in (("train", a.train), ("val", a.val), ("train_images", a.images), ("val_images", a.images),
+                       ("imgsz", a.imgsz)):
+        if value is not None:
+            setattr(cfg.data, key, value)
+    for key, value in (("epochs", a.epochs), ("time", a.time), ("batch", a.batch), ("out", a.out),
+                       ("device", a.device), ("workers", a.workers), ("seed", a.seed)):
+        if value is not None:
+            setattr(cfg.train, key, value)
+    apply_overrides(cfg, a.set or [])
+    if not a.resume and not cfg.data.train:
+        raise ConfigError("no training data: give --train TRAIN.json (or data.train in --config)")
+    return cfg
+
+
+def cmd_train(a: argparse.Namespace) -> None:
+    from tinyseg.train import train
+
+    cfg = None if a.resume else _build_config(a)
+    summary = train(cfg or Config(), resume=a.resume)
+    m = summary.get("metrics")
+    print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {summary['minutes']:.1f} min")
+    if m:
+        print(f"val mask AP {m['mask_ap']:.3f}  box AP {m['box_ap']:.3f}")
+    print(f"checkpoints: {summary['best']} {summary['last']}; metrics.csv and curves.png in {summary['out']}")
+
+
+def cmd_eval(a: argparse.Namespace) -> None:
+    from tinyseg.data.coco import CocoDataset, load_coco
+    from tinyseg.engine import evaluate
+    from tinyseg.evaluation import format_table, write_json
+    from tinyseg.predict import Segmenter
+
+    seg = Segmenter.load(a.weights, a.device)
+    data = load_coco(a.val, a.images)
+    if data.class_names != seg.class_names:
+        warnings.warn(f"{a.val}: categories {data.class_names} differ from the model's {seg.class_names}",
+                      stacklevel=1)
+    ds = CocoDataset(data, a.imgsz or seg.imgsz, train=False)
+    metrics, results = evaluate(seg.model, ds, a.device, a.max_det, a.conf)
+    print(format_table(metrics))
+    if a.json:
+        write_json(metrics, a.json)
+        print(f"wrote {a.json}")
+    if a.results:
+        write_json(results, a.results)
+        print(f"wrote {a.results}")
+
+
+def list_images(source: str) -> list[Path]:
+    p = Path(source)
+    if p.is_dir():
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        if not files:
+            raise FileNotFoundError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+        return files
+    if p.is_file():
+        return [p]
+    raise FileNotFoundError(f"{p}: no such file or folder")
+
+
+def cmd_predict(a: argparse.Namespace) -> None:
+    from tqdm import tqdm
+
+    from tinyseg.data.coco import DatasetError, read_image
+    from tinyseg.evaluation import detections_to_coco, write_json
+    from tinyseg.predict import Segmenter
+    from tinyseg.viz import draw_instances, write_rgb
+
+    seg = Segmenter.load(a.weights, a.device)
+    files = list_images(a.source)
+    out = Path(a.out)
+    results, total = [], 0
+    for i, f in enumerate(tqdm(files, desc="predict", unit="img")):
+        try:
+            img = read_image(f)
+        except DatasetError as e:
+            print(f"skipped: {e}", file=sys.stderr)
+            continue
+        det = seg.predict(img, conf=a.conf, max_det=a.max_det)
+        total += len(det)
+        write_rgb(out / f"{f.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names,
+                                                        det.scores))
+        if a.json:
+            results += detections_to_coco(i + 1, det.boxes, det.scores, det.classes, det.masks,
+                                          list(range(1, len(det.class_names) + 1)))
+    if a.json:
+        write_json(results, a.json)
+    print(f"{total} instances in {len(files)} images; overlays in {out}/" + (f", results in {a.json}" if a.json
+                                                                            else ""))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinyseg", description="Tiny real-time instance segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("synth", help="generate the synthetic shapes dataset (COCO JSON + PNGs)")
+    s.add_argument("out_dir")
+    s.add_argument("--train", type=int, default=1000, help="training images (default 1000)")
+    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    s.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    s.set_defaults(func=cmd_synth)
+
+    s = sub.add_parser("show", help="render ground-truth overlays of a COCO dataset to PNGs")
+    s.add_argument("--data", required=True, help="COCO instances JSON")
+    s.add_argument("--images", help="image folder (default: the JSON's folder)")
+    s.add_argument("--out", required=True, help="output folder for the PNGs")
+    s.add_argument("--num", type=int, default=16, help="how many images (default 16)")
+    s.add_argument("--augment", action="store_true", help="apply the training augmentation first")
+    s.add_argument("--imgsz", type=int, default=320, help="network input size for --augment")
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(func=cmd_show)
+
+    s = sub.add_parser("train", help="train a model")
+    s.add_argument("--config", help="YAML config (model/data/train sections); flags below override it")
+    s.add_argument("--train", help="training COCO JSON")
+    s.add_argument("--val", help="validation COCO JSON")
+    s.add_argument("--images", help="image folder for both JSONs (default: each JSON's folder)")
+    s.add_argument("--model", help="preset: nano (default) or small")
+    s.add_argument("--imgsz", type=int)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--time", type=float, help="wall-clock budget in minutes (the LR schedule is fitted to it)")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--out", help="run folder (default runs/train)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    s.add_argument("--device", help="cpu or cuda")
+    s.add_argument("--workers", type=int, help="DataLoader workers (default 1)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.002")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--val", required=True, help="COCO JSON with ground truth")
+    s.add_argument("--images")
+    s.add_argument("--imgsz", type=int)
+    s.add_argument("--max-det", type=int, default=100, help="detections per image and COCO maxDets (dense: 500)")
+    s.add_argument("--conf", type=float, default=0.02, help="score threshold (default 0.02)")
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", help="write the metrics here")
+    s.add_argument("--results", help="write the COCO results JSON here")
+    s.set_defaults(func=cmd_eval)
+
+    s = sub.add_parser("predict", help="predict images; write overlay PNGs (and COCO results)")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--source", required=True, help="an image or a folder of images")
+    s.add_argument("--out", default="runs/predict")
+    s.add_argument("--conf", type=float, default=0.3)
+    s.add_argument("--max-det", type=int)
+    s.add_argument("--device", default="cpu")
+    s.add_argument("--json", help="also write COCO results here")
+    s.set_defaults(func=cmd_predict)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from tinyseg.errors import USER_ERRORS
+
+    try:
+        args.func(args)
+    except USER_ERRORS as e:
+        print(f"tinyseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,194 @@
+"""Typed configuration: dataclasses, YAML load/save, `--set key=value` overrides and model presets.
+
+The resolved `Config` is what a checkpoint carries, so a checkpoint alone is enough to rebuild the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration a user wrote is wrong (unknown key, wrong type, bad preset)."""
+
+
+@dataclass
+class ModelConfig:
+    # Width multiplier of the MobileNetV2-style backbone: the main speed/accuracy knob.
+    width: float = 0.5
+    # Inverted-residual blocks per stage (strides 2, 4, 8, 16, 32). Few blocks: from-scratch training on a CPU
+    # budget favours a shallow, wide-enough net over a deep thin one.
+    depths: tuple[int, ...] = (1, 2, 2, 3, 2)
+    # Expansion ratio of the inverted residuals (MobileNetV2 uses 6; 4 trains faster on a CPU at equal accuracy here).
+    expand: int = 4
+    # Channels of the fused stride-4 map that feeds every head.
+    neck_channels: int = 48
+    # Channels inside each head tower.
+    head_channels: int = 48
+    # Number of prototype masks K (YOLACT uses 32; 16 is plenty for simple shapes and keeps decode cheap).
+    num_prototypes: int = 16
+    # Which mask design sits on the detector; "prototypes" is the YOLACT/YOLACT-Edge design.
+    mask_head: str = "prototypes"
+    # Number of classes; filled from the training data.
+    num_classes: int = 1
+    # Detections kept per image after the peak finder (top-K). Dense data (DSB2018) needs 500+.
+    max_det: int = 100
+    # Score below which peaks are dropped before masks are assembled.
+    score_thresh: float = 0.05
+
+
+@dataclass
+class DataConfig:
+    train: str = ""
+    val: str = ""
+    # Image folders; empty means "the JSON's own folder".
+    train_images: str = ""
+    val_images: str = ""
+    # Square letterbox size the network sees.
+    imgsz: int = 320
+    # Random scale range of the training augmentation (relative to the letterboxed size).
+    scale_min: float = 0.6
+    scale_max: float = 1.5
+    flip_prob: float = 0.5
+    # Strength of the brightness/contrast/hue jitter (0 disables).
+    color_jitter: float = 0.3
+    # Instances whose visible part after augmentation is smaller than this many pixels are dropped.
+    min_instance_pixels: int = 6
+    # At most this many instances per image get a mask loss (sampled): dense images would otherwise dominate.
+    max_mask_instances: int = 64
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 30
+    # Wall-clock budget in minutes; when > 0 it replaces `epochs` and the LR schedule is fitted to it.
+    time: float = 0.0
+    batch: int = 16
+    lr: float = 0.004
+    weight_decay: float = 0.05
+    # Warm-up as a fraction of the whole run (linear from 0.1 x lr).
+    warmup: float = 0.03
+    # Final LR of the cosine decay, as a fraction of `lr`.
+    final_lr: float = 0.02
+    ema_decay: float = 0.998
+    grad_clip: float = 10.0
+    workers: int = 1
+    seed: int = 0
+    device: str = "cpu"
+    # Validate every N epochs (and always at the end).
+    val_interval: int = 5
+    out: str = "runs/train"
+    # Loss weights.
+    heatmap_weight: float = 1.0
+    box_weight: float = 2.0
+    mask_weight: float = 2.0
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["model"]["depths"] = list(d["model"]["depths"])
+        return d
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
+        cfg = cls()
+        _merge(cfg, d, source)
+        return cfg
+
+    @classmethod
+    def load(cls, path: str | Path) -> Config:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"{p}: config file not found")
+        try:
+            d = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({e})") from None
+        if not isinstance(d, dict):
+            raise ConfigError(f"{p}: expected a mapping with sections model/data/train")
+        return cls.from_dict(d, str(p))
+
+
+# Presets: only the model section; everything else keeps its defaults. Measured at 320x320 (see README).
+PRESETS: dict[str, dict[str, Any]] = {
+    "nano": dict(
+        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=48, num_prototypes=16
+    ),
+    "small": dict(
+        width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24
+    ),
+}
+
+
+def preset(name: str) -> ModelConfig:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown model preset {name!r}; choose one of {', '.join(PRESETS)}")
+    return ModelConfig(**PRESETS[name])
+
+
+def _check_type(value: Any, tp: Any, where: str) -> Any:
+    """Return `value` converted to `tp` where that is lossless (int -> float, list -> tuple), else raise."""
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        (item,) = typing.get_args(tp)[:1]
+        return tuple(_check_type(v, item, where) for v in value)
+    if origin in (typing.Union, types.UnionType):
+        raise ConfigError(f"{where}: unsupported type {tp}")
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp in (int, float, str, bool) and (type(value) is not tp):
+        raise ConfigError(f"{where}: expected {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _merge(obj: Any, d: dict[str, Any], source: str, prefix: str = "") -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in fields(obj)}
+    for key, value in d.items():
+        where = f"{source}: {prefix}{key}"
+        if key not in names:
+            raise ConfigError(f"{where}: unknown key (valid: {', '.join(sorted(names))})")
+        current = getattr(obj, key)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise ConfigError(f"{where}: expected a mapping")
+            _merge(current, value, source, f"{prefix}{key}.")
+        else:
+            setattr(obj, key, _check_type(value, hints[key], where))
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply `section.key=value` strings; values are parsed as YAML (`0.002`, `true`, `[1, 2, 3]`)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"--set {item!r}: expected key=value, e.g. train.lr=0.002")
+        key, raw = item.split("=", 1)
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            value = raw
+        if value is None:
+            value = raw
+        nested: dict[str, Any] = value
+        for part in reversed(key.strip().split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, "--set")
+    return cfg

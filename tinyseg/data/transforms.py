@@ -1,0 +1,109 @@
+"""Geometric and colour transforms that keep image, masks and boxes consistent.
+
+Every geometric transform is one 2x3 affine matrix (letterbox, random scale/crop/translate, flip), applied
+with OpenCV to the image and to the masks; boxes are re-derived from the transformed masks so they are
+always the tight box of the visible part.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+PAD_VALUE = 114  # letterbox padding grey, as in YOLO-family models
+
+
+@dataclass
+class Letterbox:
+    """Maps original pixels to the square network input: x_in = x * scale + pad_x."""
+
+    scale: float
+    pad_x: float
+    pad_y: float
+
+    @classmethod
+    def fit(cls, height: int, width: int, size: int) -> Letterbox:
+        scale = size / max(height, width)
+        return cls(scale, (size - width * scale) / 2, (size - height * scale) / 2)
+
+    def matrix(self) -> np.ndarray:
+        return np.array([[self.scale, 0, self.pad_x], [0, self.scale, self.pad_y]], np.float32)
+
+    def boxes_to_original(self, boxes: np.ndarray) -> np.ndarray:
+        """[N, 4] xyxy in network-input pixels -> original-image pixels."""
+        out = boxes.astype(np.float32).copy()
+        out[:, 0::2] = (out[:, 0::2] - self.pad_x) / self.scale
+        out[:, 1::2] = (out[:, 1::2] - self.pad_y) / self.scale
+        return out
+
+
+def warp_image(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    return cv2.warpAffine(
+        img, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+        borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
+    )
+
+
+def warp_masks(masks: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """[N, H, W] uint8 {0,1} -> [N, size, size] uint8 {0,1}. Warps 4 channels at a time (OpenCV's fast path)."""
+    if len(masks) == 0:
+        return np.zeros((0, size, size), np.uint8)
+    stack = np.ascontiguousarray(masks.transpose(1, 2, 0)) * 255
+    out = []
+    for i in range(0, stack.shape[2], 4):
+        w = cv2.warpAffine(stack[:, :, i : i + 4], matrix, (size, size), flags=cv2.INTER_LINEAR)
+        out.append(w.reshape(size, size, -1))
+    return (np.concatenate(out, 2).transpose(2, 0, 1) > 127).astype(np.uint8)
+
+
+def downsample_masks(masks: np.ndarray, stride: int) -> np.ndarray:
+    """[N, S, S] {0,1} -> [N, S/stride, S/stride] uint8 0..255 area fraction (a soft target for the mask loss)."""
+    n, s, _ = masks.shape
+    if n == 0:
+        return np.zeros((0, s // stride, s // stride), np.uint8)
+    m = masks.reshape(n, s // stride, stride, s // stride, stride).astype(np.float32).mean((2, 4))
+    return np.round(m * 255).astype(np.uint8)
+
+
+def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
+    """[N, H, W] -> [N, 4] xyxy tight boxes (x2/y2 exclusive, so a 1-px object is 1 px wide)."""
+    boxes = np.zeros((len(masks), 4), np.float32)
+    for i, m in enumerate(masks):
+        ys = np.flatnonzero(m.any(1))
+        xs = np.flatnonzero(m.any(0))
+        if len(xs):
+            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return boxes
+
+
+def random_affine(height: int, width: int, size: int, rng: np.random.Generator, scale_min: float,
+                  scale_max: float, flip_prob: float) -> np.ndarray:
+    """Letterbox, then random zoom (crop when > 1, shrink when < 1), random placement, and horizontal flip."""
+    s = size / max(height, width) * np.exp(rng.uniform(np.log(scale_min), np.log(scale_max)))
+    new_w, new_h = width * s, height * s
+    # Random placement: anywhere such that the scaled image still covers/lies inside the canvas.
+    tx = rng.uniform(min(0.0, size - new_w), max(0.0, size - new_w))
+    ty = rng.uniform(min(0.0, size - new_h), max(0.0, size - new_h))
+    m = np.array([[s, 0, tx], [0, s, ty]], np.float32)
+    if rng.random() < flip_prob:
+        m[0] = [-s, 0, size - tx]
+    return m
+
+
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> np.ndarray:
+    """Random per-channel gain/bias, global contrast and channel order, through one lookup table (fast)."""
+    if strength <= 0:
+        return img
+    x = np.arange(256, dtype=np.float32)
+    contrast = 1 + rng.uniform(-strength, strength)
+    luts = []
+    for _ in range(3):
+        gain = contrast * (1 + rng.uniform(-strength, strength) * 0.5)
+        bias = rng.uniform(-strength, strength) * 64
+        luts.append(np.clip((x - 128) * gain + 128 + bias, 0, 255).astype(np.uint8))
+    out = np.stack([cv2.LUT(img[:, :, c], luts[c]) for c in range(3)], 2)
+    if rng.random() < 0.5:
+        out = out[:, :, rng.permutation(3)]
+    return np.ascontiguousarray(out)

@@ -1,0 +1,126 @@
+"""COCO results JSON and pycocotools COCOeval for `bbox` and `segm`.
+
+pycocotools' `summarize()` always scores its first AP line at maxDets=100, whatever `params.maxDets` says, so
+AP is read here straight from `eval["precision"]` at the largest maxDets (dense data such as DSB2018 needs 500).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pycocotools.mask as mask_util
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from tinyseg.data.coco import CocoData
+
+
+def encode_mask(mask: np.ndarray) -> dict:
+    """[H, W] bool -> COCO compressed RLE with a str `counts` (JSON-ready)."""
+    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
+    rle["counts"] = rle["counts"].decode("ascii")
+    return rle
+
+
+def detections_to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
+                       masks: np.ndarray | None, cat_ids: list[int]) -> list[dict]:
+    """One image's detections (boxes xyxy in original pixels, masks [N, H, W] bool) -> COCO result dicts."""
+    out = []
+    for i in range(len(scores)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        r = {"image_id": int(image_id), "category_id": int(cat_ids[int(classes[i])]),
+             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[i])}
+        if masks is not None:
+            r["segmentation"] = encode_mask(masks[i])
+        out.append(r)
+    return out
+
+
+def ground_truth(data: CocoData) -> COCO:
+    """A pycocotools COCO object built from the validated dataset (what was skipped at load is not scored)."""
+    images, anns = [], []
+    for rec in data.images:
+        images.append({"id": rec.id, "height": rec.height, "width": rec.width, "file_name": str(rec.file)})
+        for crowd, labels, rles in ((0, rec.labels, rec.rles), (1, rec.crowd_labels, rec.crowd_rles)):
+            for label, rle in zip(labels, rles):
+                counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
+                anns.append({"id": len(anns) + 1, "image_id": rec.id, "category_id": data.cat_ids[label],
+                             "segmentation": {"size": rle["size"], "counts": counts},
+                             "area": float(mask_util.area(rle)), "bbox": mask_util.toBbox(rle).tolist(),
+                             "iscrowd": crowd})
+    coco = COCO()
+    coco.dataset = {"images": images, "annotations": anns,
+                    "categories": [{"id": c, "name": n} for c, n in zip(data.cat_ids, data.class_names)]}
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def _ap(precision: np.ndarray) -> float:
+    p = precision[precision > -1]
+    return float(p.mean()) if p.size else 0.0
+
+
+def coco_evaluate(gt: COCO, results: list[dict], max_dets: int = 100, image_ids: list[int] | None = None,
+                  class_names: list[str] | None = None) -> dict:
+    """Score results with COCOeval. Returns mask_ap, mask_ap50, mask_ap75, mask_ap_small/medium/large, the
+    same for box_*, per-class AP, num_images and max_dets."""
+    image_ids = sorted(image_ids if image_ids is not None else gt.getImgIds())
+    out: dict = {"num_images": len(image_ids), "max_dets": max_dets, "num_detections": len(results)}
+    cat_ids = sorted(gt.getCatIds())
+    names = class_names or [gt.cats[c]["name"] for c in cat_ids]
+    per_class: dict[str, dict] = {n: {} for n in names}
+    for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+        res = [r for r in results if iou_type == "bbox" or "segmentation" in r]
+        if not res:
+            for k in ("", "50", "75", "_small", "_medium", "_large"):
+                out[f"{prefix}_ap{k}"] = 0.0
+            for n in names:
+                per_class[n][f"{prefix}_ap"] = 0.0
+            continue
+        with contextlib.redirect_stdout(io.StringIO()):
+            dt = gt.loadRes(res)
+            ev = COCOeval(gt, dt, iou_type)
+            ev.params.imgIds = image_ids
+            ev.params.maxDets = [1, 10, max_dets]
+            ev.evaluate()
+            ev.accumulate()
+        p = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxdets]
+        out[f"{prefix}_ap"] = _ap(p[:, :, :, 0, -1])
+        out[f"{prefix}_ap50"] = _ap(p[0, :, :, 0, -1])
+        out[f"{prefix}_ap75"] = _ap(p[5, :, :, 0, -1])
+        for a, name in ((1, "small"), (2, "medium"), (3, "large")):
+            out[f"{prefix}_ap_{name}"] = _ap(p[:, :, :, a, -1])
+        for k, n in enumerate(names):
+            per_class[n][f"{prefix}_ap"] = _ap(p[:, :, k, 0, -1])
+    out["per_class"] = per_class
+    return out
+
+
+def format_table(metrics: dict) -> str:
+    rows = [("", "AP", "AP50", "AP75", "APs", "APm", "APl")]
+    for prefix, label in (("mask", "mask"), ("box", "box")):
+        rows.append((label, *(f"{metrics[f'{prefix}_ap{k}']:.3f}" for k in
+                              ("", "50", "75", "_small", "_medium", "_large"))))
+    lines = ["  ".join(f"{c:>7}" for c in r) for r in rows]
+    if metrics.get("per_class"):
+        lines.append("")
+        lines.append(f"{'class':>16}  {'mask AP':>7}  {'box AP':>7}")
+        for n, v in metrics["per_class"].items():
+            lines.append(f"{n:>16}  {v.get('mask_ap', 0):7.3f}  {v.get('box_ap', 0):7.3f}")
+    lines.append(f"({metrics['num_images']} images, maxDets={metrics['max_dets']})")
+    return "\n".join(lines)
+
+
+def write_json(obj, path: str | Path) -> None:
+    """Write JSON atomically (temp file + rename): a crash never leaves a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)

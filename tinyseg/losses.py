@@ -1,0 +1,97 @@
+"""Losses: CenterNet focal loss on the heatmap, Gaussian-weighted GIoU on boxes, BCE + dice on masks.
+
+`Criterion.forward` returns named, *unweighted* losses; `Criterion.weights` says how they add up (DETR style).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tinyseg.models.postprocess import box_crop, cell_centers, decode_boxes, gather
+
+
+def focal_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
+               alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+    """CenterNet's penalty-reduced focal loss. logits/target [B, C, h, w]; ignore [B, h, w] bool (crowd regions:
+    no negative penalty). Normalised by the number of peaks (target == 1); 0 peaks -> normalised by 1."""
+    logits = logits.float()
+    log_p = F.logsigmoid(logits)
+    log_1mp = F.logsigmoid(-logits)
+    p = log_p.exp()
+    pos = target.eq(1).float()
+    neg_w = (1 - target).pow(beta) * (1 - pos)
+    if ignore is not None:
+        neg_w = neg_w * (~ignore).unsqueeze(1).float()
+    pos_loss = (pos * (1 - p).pow(alpha) * log_p).sum()
+    neg_loss = (neg_w * p.pow(alpha) * log_1mp).sum()
+    return -(pos_loss + neg_loss) / pos.sum().clamp(min=1)
+
+
+def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """1 - GIoU for matching xyxy boxes [..., 4] -> [...]."""
+    area_p = (pred[..., 2] - pred[..., 0]).clamp(min=0) * (pred[..., 3] - pred[..., 1]).clamp(min=0)
+    area_t = (target[..., 2] - target[..., 0]).clamp(min=0) * (target[..., 3] - target[..., 1]).clamp(min=0)
+    lt = torch.maximum(pred[..., :2], target[..., :2])
+    rb = torch.minimum(pred[..., 2:], target[..., 2:])
+    inter = (rb - lt).clamp(min=0).prod(-1)
+    union = area_p + area_t - inter
+    iou = inter / (union + eps)
+    enc = (torch.maximum(pred[..., 2:], target[..., 2:]) - torch.minimum(pred[..., :2], target[..., :2])).prod(-1)
+    return 1 - (iou - (enc - union) / (enc + eps))
+
+
+def mask_losses(logits: torch.Tensor, target: torch.Tensor, crop: torch.Tensor,
+                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits/target/crop [B, N, h, w] (target in 0..1, crop {0,1}); valid [B, N] bool.
+    BCE averaged over each instance's crop (so small objects count as much as large ones, as in YOLACT), and
+    dice over the crop; both averaged over valid instances. No instances -> zero losses with a gradient path."""
+    v = valid.float()
+    n = v.sum().clamp(min=1)
+    bce = F.binary_cross_entropy_with_logits(logits.float(), target, reduction="none")
+    area = crop.sum((2, 3)).clamp(min=1)
+    bce = ((bce * crop).sum((2, 3)) / area * v).sum() / n
+    p = logits.float().sigmoid() * crop
+    inter = (p * target).sum((2, 3))
+    dice = 1 - (2 * inter + 1) / (p.sum((2, 3)) + (target * crop).sum((2, 3)) + 1)
+    return bce, (dice * v).sum() / n
+
+
+class Criterion(nn.Module):
+    def __init__(self, mask_head: nn.Module, stride: int, heatmap_weight: float = 1.0, box_weight: float = 2.0,
+                 mask_weight: float = 2.0):
+        super().__init__()
+        self.mask_head = mask_head
+        self.stride = stride
+        self.weights = {"heatmap": heatmap_weight, "box": box_weight, "mask_bce": mask_weight,
+                        "mask_dice": mask_weight}
+
+    def forward(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        heat = outputs["heatmap"]
+        b, _, h, w = heat.shape
+        size = h * self.stride
+        losses = {"heatmap": focal_loss(heat, targets["heatmap"], targets["ignore"])}
+
+        # Boxes: every cell with a positive weight regresses its object's box.
+        weight = targets["box_weight"].reshape(-1)
+        idx = weight.nonzero().squeeze(1)
+        ltrb = outputs["box"].float().permute(0, 2, 3, 1).reshape(-1, 4)[idx]
+        cells = idx % (h * w)
+        centers = torch.stack([cells % w, cells // w], -1).float()
+        pred = decode_boxes(ltrb, centers, self.stride, size)
+        tgt = targets["box"].permute(0, 2, 3, 1).reshape(-1, 4)[idx]
+        wsel = weight[idx]
+        losses["box"] = (giou_loss(pred, tgt) * wsel).sum() / wsel.sum().clamp(min=1e-6)
+
+        # Masks: read the mask parameters at each object's centre cell, assemble, compare inside the box.
+        pos = targets["centers"]
+        params = gather(outputs["mask_params"], pos)
+        logits = self.mask_head.assemble(params, outputs["mask_features"], cell_centers(pos, w), targets["boxes"])
+        crop = box_crop(targets["boxes"], h, w, self.stride, margin=self.stride)
+        target_masks = targets["masks"].float() / 255
+        losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target_masks, crop, targets["valid"])
+        return losses
+
+    def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
+        return sum(self.weights[k] * v for k, v in losses.items())

@@ -1,0 +1,47 @@
+"""TinySeg: backbone -> FPN fused to stride 4 -> heatmap, box and mask heads. Returns named tensors."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from tinyseg.config import ModelConfig
+from tinyseg.models.backbone import MobileNetV2Backbone
+from tinyseg.models.heads import BoxHead, HeatmapHead
+from tinyseg.models.masks import build_mask_head
+from tinyseg.models.neck import FPNFuse
+
+
+class TinySeg(nn.Module):
+    def __init__(self, backbone: MobileNetV2Backbone, neck: FPNFuse, heatmap: HeatmapHead, box: BoxHead,
+                 mask: nn.Module, num_classes: int):
+        super().__init__()
+        self.backbone, self.neck, self.heatmap, self.box, self.mask = backbone, neck, heatmap, box, mask
+        self.num_classes = num_classes
+        self.stride = neck.stride
+        # Normalisation lives in the graph: the deployed model takes raw uint8 pixels.
+        self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1) * 255, persistent=False)
+        self.register_buffer("inv_std", 1 / (torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1) * 255),
+                             persistent=False)
+
+    def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """images [B, 3, S, S] RGB, uint8 or float in 0..255 -> dict of
+        heatmap [B, C, S/4, S/4] logits, box [B, 4, S/4, S/4] ltrb pixels,
+        mask_params [B, P, S/4, S/4], mask_features [B, F, S/4, S/4]."""
+        x = (images.float() - self.mean) * self.inv_std
+        f = self.neck(self.backbone(x))
+        params, features = self.mask(f)
+        return {"heatmap": self.heatmap(f), "box": self.box(f), "mask_params": params, "mask_features": features}
+
+
+def build_model(cfg: ModelConfig) -> TinySeg:
+    backbone = MobileNetV2Backbone(cfg.width, tuple(cfg.depths), cfg.expand)
+    neck = FPNFuse(backbone.channels, cfg.neck_channels)
+    return TinySeg(
+        backbone,
+        neck,
+        HeatmapHead(cfg.neck_channels, cfg.head_channels, cfg.num_classes),
+        BoxHead(cfg.neck_channels, cfg.head_channels),
+        build_mask_head(cfg.mask_head, cfg.neck_channels, cfg.head_channels, cfg.num_prototypes),
+        cfg.num_classes,
+    )
