@@ -31,7 +31,7 @@ class ModelConfig:
     # Channels of the fused stride-4 map that feeds every head.
     neck_channels: int = 48
     # Channels inside each head tower.
-    head_channels: int = 48
+    head_channels: int = 32
     # Number of prototype masks K (YOLACT uses 32; 16 is plenty for simple shapes and keeps decode cheap).
     num_prototypes: int = 16
     # Which mask design sits on the detector; "prototypes" is the YOLACT/YOLACT-Edge design.
@@ -128,7 +128,7 @@ class Config:
 # Presets: only the model section; everything else keeps its defaults. Measured at 320x320 (see README).
 PRESETS: dict[str, dict[str, Any]] = {
     "nano": dict(
-        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=48, num_prototypes=16
+        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=32, num_prototypes=16
     ),
     "small": dict(
         width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24

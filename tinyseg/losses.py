@@ -88,7 +88,8 @@ class Criterion(nn.Module):
         pos = targets["centers"]
         params = gather(outputs["mask_params"], pos)
         logits = self.mask_head.assemble(params, outputs["mask_features"], cell_centers(pos, w), targets["boxes"])
-        crop = box_crop(targets["boxes"], h, w, self.stride, margin=self.stride)
+        mh, mw = logits.shape[-2:]
+        crop = box_crop(targets["boxes"], mh, mw, size // mh, margin=2.0)
         target_masks = targets["masks"].float() / 255
         losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target_masks, crop, targets["valid"])
         return losses

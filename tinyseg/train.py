@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from tinyseg.config import Config
-from tinyseg.data.coco import DatasetError, build_dataset, collate
+from tinyseg.data.coco import DatasetError, EpochSampler, build_dataset, collate
 from tinyseg.engine import ModelEMA, NonFiniteLossError, evaluate, train_one_epoch
 from tinyseg.losses import Criterion
 from tinyseg.models.detector import build_model
@@ -87,12 +87,12 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
         return clock["base"] + time.perf_counter() - clock["start"]
 
     summary: dict = {"out": str(out)}
+    sampler = EpochSampler(len(train_ds), tc.seed)
+    loader = DataLoader(train_ds, batch_size=tc.batch, sampler=sampler, drop_last=len(train_ds) >= tc.batch,
+                        collate_fn=collate, num_workers=tc.workers, persistent_workers=tc.workers > 0,
+                        pin_memory=device.startswith("cuda"))
     while (budget > 0 and elapsed_now() < budget) or (budget <= 0 and epoch < tc.epochs):
-        train_ds.set_epoch(epoch)
-        loader = DataLoader(train_ds, batch_size=tc.batch, shuffle=True, drop_last=len(train_ds) >= tc.batch,
-                            collate_fn=collate, num_workers=tc.workers,
-                            generator=torch.Generator().manual_seed(tc.seed * 1000 + epoch),
-                            pin_memory=device.startswith("cuda"))
+        sampler.set_epoch(epoch)
 
         def progress_fn(batches_done: int, step0: int = step) -> float:
             return elapsed_now() / budget if budget > 0 else (step0 + batches_done) / max(total_steps, 1)

@@ -16,7 +16,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from tinyseg.data import transforms as T
@@ -187,6 +187,7 @@ class CocoDataset(Dataset):
                  min_instance_pixels: int = 6, max_mask_instances: int = 64, seed: int = 0,
                  cache_bytes: int = 4 << 30):
         self.data, self.imgsz, self.train, self.stride = data, imgsz, train, stride
+        self.mask_stride = max(stride // 2, 1)  # the model's prototypes are at half the heatmap stride
         self.scale_min, self.scale_max, self.flip_prob = scale_min, scale_max, flip_prob
         self.color_jitter, self.min_pixels, self.max_mask = color_jitter, min_instance_pixels, max_mask_instances
         self.seed, self.epoch = seed, 0
@@ -219,12 +220,14 @@ class CocoDataset(Dataset):
             self.cache[i] = img
         return img
 
-    def __getitem__(self, i: int):
+    def __getitem__(self, index: int | tuple[int, int]):
+        """index: i, or (epoch, i) from an EpochSampler (persistent workers never see set_epoch)."""
+        epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
         rec = self.data.images[i]
         img = self.image(i)
         S = self.imgsz
         if self.train:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
+            rng = np.random.default_rng([self.seed, epoch, i])
             m = T.random_affine(rec.height, rec.width, S, rng, self.scale_min, self.scale_max, self.flip_prob)
         else:
             rng = None
@@ -253,12 +256,32 @@ class CocoDataset(Dataset):
             "labels": torch.from_numpy(labels[sel]),
             "boxes": torch.from_numpy(boxes[sel]),
             "centers": torch.from_numpy(tgt["centers"][sel]),
-            "masks": torch.from_numpy(T.downsample_masks(masks[sel], self.stride)),
+            "masks": torch.from_numpy(T.downsample_masks(masks[sel], self.mask_stride)),
             "image_id": rec.id,
             "orig_size": (rec.height, rec.width),
             "matrix": torch.from_numpy(m),
         }
         return torch.from_numpy(out).permute(2, 0, 1).contiguous(), target
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by (seed, epoch) and yields (epoch, index): the augmentation of every
+    sample is then fixed by (seed, epoch, index) even with persistent DataLoader workers, so a resumed run
+    sees exactly the batches the uninterrupted run would have."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        order = torch.randperm(self.n, generator=g).tolist() if self.shuffle else range(self.n)
+        return iter([(self.epoch, i) for i in order])
 
 
 INSTANCE_KEYS = ("labels", "boxes", "centers", "masks")

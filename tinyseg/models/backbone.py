@@ -45,7 +45,8 @@ class InvertedResidual(nn.Module):
 
 
 class MobileNetV2Backbone(nn.Module):
-    """Returns {stride: feature} for strides 4, 8, 16, 32 (the neck fuses them into one stride-4 map).
+    """Returns {stride: feature} for strides 2, 4, 8, 16, 32: the neck fuses 4..32 into one stride-4 map; the
+    stride-2 map gives the mask prototypes their fine detail.
 
     Attributes `channels` and `strides` report what each output carries.
     """
@@ -68,16 +69,16 @@ class MobileNetV2Backbone(nn.Module):
                 cin = c
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)
-        self.strides = (4, 8, 16, 32)
-        self.channels = {s: c for s, c in zip(self.strides, chans[1:])}
+        self.strides = (2, 4, 8, 16, 32)
+        self.channels = dict(zip(self.strides, chans))
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
 
     def forward(self, x: torch.Tensor) -> dict[int, torch.Tensor]:
-        x = self.stages[0](self.stem(x))
         out = {}
-        for s, stage in zip(self.strides, self.stages[1:]):
+        x = self.stem(x)
+        for s, stage in zip(self.strides, self.stages):
             x = stage(x)
             out[s] = x
         return out

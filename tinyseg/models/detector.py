@@ -18,7 +18,8 @@ class TinySeg(nn.Module):
         super().__init__()
         self.backbone, self.neck, self.heatmap, self.box, self.mask = backbone, neck, heatmap, box, mask
         self.num_classes = num_classes
-        self.stride = neck.stride
+        self.stride = neck.stride  # of the heatmap / box / mask-parameter maps
+        self.mask_stride = self.stride // 2  # of the prototypes and assembled masks
         # Normalisation lives in the graph: the deployed model takes raw uint8 pixels.
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1) * 255, persistent=False)
         self.register_buffer("inv_std", 1 / (torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1) * 255),
@@ -27,21 +28,23 @@ class TinySeg(nn.Module):
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [B, 3, S, S] RGB, uint8 or float in 0..255 -> dict of
         heatmap [B, C, S/4, S/4] logits, box [B, 4, S/4, S/4] ltrb pixels,
-        mask_params [B, P, S/4, S/4], mask_features [B, F, S/4, S/4]."""
+        mask_params [B, P, S/4, S/4], mask_features [B, F, S/2, S/2]."""
         x = (images.float() - self.mean) * self.inv_std
-        f = self.neck(self.backbone(x))
-        params, features = self.mask(f)
+        feats = self.backbone(x)
+        f = self.neck(feats)
+        params, features = self.mask(f, feats[self.stride // 2])
         return {"heatmap": self.heatmap(f), "box": self.box(f), "mask_params": params, "mask_features": features}
 
 
 def build_model(cfg: ModelConfig) -> TinySeg:
     backbone = MobileNetV2Backbone(cfg.width, tuple(cfg.depths), cfg.expand)
-    neck = FPNFuse(backbone.channels, cfg.neck_channels)
+    neck = FPNFuse({s: c for s, c in backbone.channels.items() if s >= 4}, cfg.neck_channels)
     return TinySeg(
         backbone,
         neck,
         HeatmapHead(cfg.neck_channels, cfg.head_channels, cfg.num_classes),
         BoxHead(cfg.neck_channels, cfg.head_channels),
-        build_mask_head(cfg.mask_head, cfg.neck_channels, cfg.head_channels, cfg.num_prototypes),
+        build_mask_head(cfg.mask_head, cfg.neck_channels, backbone.channels[2], cfg.head_channels,
+                        cfg.num_prototypes),
         cfg.num_classes,
     )

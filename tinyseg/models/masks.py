@@ -1,7 +1,10 @@
-"""Mask branches. Each one turns the fused feature map into
-  params   [B, P, h, w]  per-location mask parameters (read at each detected peak), and
-  features [B, F, h, w]  a shared mask feature map,
-and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) -> logits [B, N, h, w]`.
+"""Mask branches. Each one turns the fused stride-4 map (plus the backbone's stride-2 map) into
+  params   [B, P, h, w]    per-location mask parameters at stride 4 (read at each detected peak), and
+  features [B, F, H, W]    a shared mask feature map at stride 2,
+and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) -> logits [B, N, H, W]`.
+
+Why stride 2 for the masks: resampling the ground truth of the synthetic val set to stride 4 and back caps mask
+AP at 0.69 (DSB2018: 0.59); at stride 2 the cap is 0.94 (0.78). Small objects need the finer grid.
 The detector, the loss and the post-processing only use this interface, so CondInst's dynamic convolutions
 and CenterMask's local shape + global saliency can be added beside the prototype design.
 """
@@ -9,8 +12,10 @@ and CenterMask's local shape + global saliency can be added beside the prototype
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from tinyseg.models.backbone import ConvBNAct
 from tinyseg.models.heads import Head
 from tinyseg.models.neck import SeparableConv
 
@@ -19,17 +24,22 @@ class PrototypeMasks(nn.Module):
     """YOLACT / YOLACT-Edge: K shared prototype masks; each peak predicts K coefficients;
     mask logits = coefficients . prototypes (one batched MatMul, exportable as is)."""
 
-    def __init__(self, cin: int, hidden: int, num_prototypes: int):
+    def __init__(self, cin: int, fine_channels: int, hidden: int, num_prototypes: int):
         super().__init__()
-        self.protonet = nn.Sequential(
-            SeparableConv(cin, hidden), SeparableConv(hidden, hidden), nn.Conv2d(hidden, num_prototypes, 1)
-        )
+        k = num_prototypes
+        # Prototypes are formed at stride 4 (context) and upsampled; a thin stride-2 path adds edge detail.
+        # Everything at stride 2 has only K channels: at 160x160 each extra channel costs more than it gives.
+        self.coarse = nn.Sequential(SeparableConv(cin, hidden), nn.Conv2d(hidden, k, 1))
+        self.fine = nn.Sequential(ConvBNAct(fine_channels, k, 1), ConvBNAct(k, k, 3, groups=k), nn.Conv2d(k, k, 1))
         self.coefficients = Head(cin, hidden, num_prototypes)
         nn.init.normal_(self.coefficients.out.weight, std=0.1)  # non-zero start: masks differ from the first step
         self.num_params = num_prototypes
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.coefficients(x), self.protonet(x)
+    def forward(self, x: torch.Tensor, fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C, S/4, S/4] fused map, fine [B, C2, S/2, S/2] -> (coefficients [B, K, S/4, S/4],
+        prototypes [B, K, S/2, S/2])."""
+        up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.coefficients(x), up + self.fine(fine)
 
     def assemble(self, params: torch.Tensor, features: torch.Tensor, centers: torch.Tensor | None = None,
                  boxes: torch.Tensor | None = None) -> torch.Tensor:
@@ -37,7 +47,7 @@ class PrototypeMasks(nn.Module):
         return torch.bmm(params, features.reshape(b, k, h * w)).reshape(b, -1, h, w)
 
 
-def build_mask_head(kind: str, cin: int, hidden: int, num_prototypes: int) -> nn.Module:
+def build_mask_head(kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int) -> nn.Module:
     if kind == "prototypes":
-        return PrototypeMasks(cin, hidden, num_prototypes)
+        return PrototypeMasks(cin, fine_channels, hidden, num_prototypes)
     raise ValueError(f"unknown mask head {kind!r} (available: prototypes)")

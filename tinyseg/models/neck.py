@@ -31,6 +31,7 @@ class FPNFuse(nn.Module):
         self.stride = self.strides[0]
 
     def forward(self, feats: dict[int, torch.Tensor]) -> torch.Tensor:
+        """feats {stride: [B, C_s, S/s, S/s]} (extra strides are ignored) -> [B, out_channels, S/4, S/4]."""
         x = self.lateral[str(self.strides[-1])](feats[self.strides[-1]])
         for s in reversed(self.strides[:-1]):
             x = F.interpolate(x, scale_factor=2.0, mode="nearest") + self.lateral[str(s)](feats[s])

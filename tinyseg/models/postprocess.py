@@ -48,8 +48,8 @@ def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0
 
 def postprocess(outputs: dict[str, torch.Tensor], mask_head, stride: int, max_det: int) -> dict[str, torch.Tensor]:
     """Model outputs -> fixed-size detections, all in network-input coordinates:
-    boxes [B, K, 4] xyxy pixels, scores [B, K], classes [B, K] int64, masks [B, K, h, w] probabilities at
-    stride `stride`, zeroed outside the box grown by one cell (the exact crop happens at full resolution)."""
+    boxes [B, K, 4] xyxy pixels, scores [B, K], classes [B, K] int64, masks [B, K, H, W] probabilities at the
+    mask features' resolution, zeroed outside the box grown by 2 px (the exact crop happens at full resolution)."""
     heat = outputs["heatmap"]
     b, c, h, w = heat.shape
     scores, classes, pos = find_peaks(heat, max_det)
@@ -57,5 +57,7 @@ def postprocess(outputs: dict[str, torch.Tensor], mask_head, stride: int, max_de
     boxes = decode_boxes(gather(outputs["box"], pos), centers, stride, h * stride)
     params = gather(outputs["mask_params"], pos)
     logits = mask_head.assemble(params, outputs["mask_features"], centers, boxes)
-    masks = logits.sigmoid() * box_crop(boxes, h, w, stride, margin=stride)
+    mh, mw = logits.shape[-2:]
+    mask_stride = h * stride // mh
+    masks = logits.sigmoid() * box_crop(boxes, mh, mw, mask_stride, margin=2.0)
     return {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks}
