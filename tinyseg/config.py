@@ -54,8 +54,8 @@ class DataConfig:
     # Square letterbox size the network sees.
     imgsz: int = 320
     # Random scale range of the training augmentation (relative to the letterboxed size).
-    scale_min: float = 0.6
-    scale_max: float = 1.5
+    scale_min: float = 0.75
+    scale_max: float = 1.33
     flip_prob: float = 0.5
     # Strength of the brightness/contrast/hue jitter (0 disables).
     color_jitter: float = 0.3
@@ -70,8 +70,8 @@ class TrainConfig:
     epochs: int = 30
     # Wall-clock budget in minutes; when > 0 it replaces `epochs` and the LR schedule is fitted to it.
     time: float = 0.0
-    batch: int = 16
-    lr: float = 0.004
+    batch: int = 8
+    lr: float = 0.01
     weight_decay: float = 0.05
     # Warm-up as a fraction of the whole run (linear from 0.1 x lr).
     warmup: float = 0.03

@@ -146,6 +146,12 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None, check_f
         except ValueError as e:
             skipped.setdefault(str(e), []).append(a.get("id"))
             continue
+        bbox = a.get("bbox")
+        if isinstance(bbox, list) and len(bbox) == 4 and (
+            bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > rec.width + 1 or bbox[1] + bbox[3] > rec.height + 1
+        ):
+            # Boxes are always re-derived from the (clipped) mask, so this is harmless; say so once.
+            skipped.setdefault("bbox outside the image: kept, box taken from the mask instead", []).append(a.get("id"))
         if a.get("iscrowd", 0):
             rec.crowd_rles.append(rle)
             rec.crowd_labels.append(label_of[int(a["category_id"])])
@@ -158,7 +164,8 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None, check_f
         warnings.warn(f"{path}: skipped {len(missing)} images whose files are missing, e.g. {missing[:3]}",
                       DatasetWarning, stacklevel=2)
     for reason, ids in skipped.items():
-        warnings.warn(f"{path}: skipped {len(ids)} annotations ({reason}), ids {ids[:5]}", DatasetWarning,
+        what = "fixed" if reason.startswith("bbox outside") else "skipped"
+        warnings.warn(f"{path}: {what} {len(ids)} annotations ({reason}), ids {ids[:5]}", DatasetWarning,
                       stacklevel=2)
     if not records:
         raise DatasetError(f"{path}: the dataset is empty (no usable images)")

@@ -1,0 +1,47 @@
+"""Shared fixtures: a small synthetic dataset (generated once per session) and a COCO-JSON writer."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from tinyseg.data.synthetic import generate
+
+torch.set_num_threads(2)
+
+
+@pytest.fixture(scope="session")
+def synth(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("synth")
+    generate(out, train=24, val=8, size=128, seed=3, progress=False)
+    return out
+
+
+def write_coco(folder: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None,
+               name: str = "ann.json") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    cats = categories if categories is not None else [{"id": 1, "name": "thing"}]
+    path = folder / name
+    path.write_text(json.dumps({"images": images, "annotations": annotations, "categories": cats}))
+    return path
+
+
+def write_png(path: Path, h: int = 32, w: int = 32, mode: str = "RGB") -> None:
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    if mode == "I;16":
+        Image.fromarray(rng.integers(0, 65535, (h, w), dtype=np.uint16)).save(path)
+    elif mode == "L":
+        Image.fromarray(rng.integers(0, 255, (h, w), dtype=np.uint8)).save(path)
+    elif mode == "RGBA":
+        Image.fromarray(rng.integers(0, 255, (h, w, 4), dtype=np.uint8), "RGBA").save(path)
+    elif mode == "P":
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert("P").save(path)
+    else:
+        Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)

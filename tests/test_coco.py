@@ -1,0 +1,165 @@
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+import torch
+
+from tinyseg.config import DataConfig
+from tinyseg.data.coco import CocoDataset, DatasetError, DatasetWarning, collate, load_coco, read_image
+from tinyseg.data.transforms import masks_to_boxes
+
+from .conftest import write_coco, write_png
+
+SQUARE = [4.0, 4.0, 20.0, 4.0, 20.0, 20.0, 4.0, 20.0]
+
+
+def _img(i=1, name="a.png", h=32, w=32):
+    return {"id": i, "file_name": name, "height": h, "width": w}
+
+
+def test_polygon_rle_and_uncompressed_rle_agree(tmp_path):
+    write_png(tmp_path / "a.png")
+    rle = mask_util.merge(mask_util.frPyObjects([SQUARE], 32, 32))
+    m = mask_util.decode(rle)
+    uncompressed = {"size": [32, 32], "counts": _uncompressed_counts(m)}
+    compressed = {"size": [32, 32], "counts": rle["counts"].decode()}
+    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": s, "iscrowd": 0}
+            for k, s in enumerate([[SQUARE], compressed, uncompressed])]
+    data = load_coco(write_coco(tmp_path, [_img()], anns))
+    masks = [mask_util.decode(r) for r in data.images[0].rles]
+    assert masks[0].sum() > 200
+    assert all(np.array_equal(masks[0], x) for x in masks[1:])
+
+
+def _uncompressed_counts(m):
+    flat = m.flatten(order="F")
+    counts, cur, run = [], 0, 0
+    for v in flat:
+        if v != cur:
+            counts.append(run)
+            cur, run = v, 0
+        run += 1
+    counts.append(run)
+    return [int(c) for c in counts]
+
+
+def test_crowd_is_ignore_region_and_category_ids_map(tmp_path):
+    write_png(tmp_path / "a.png")
+    write_png(tmp_path / "b.png")
+    cats = [{"id": 7, "name": "cat"}, {"id": 90, "name": "dog"}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 90, "segmentation": [SQUARE], "iscrowd": 0},
+        {"id": 2, "image_id": 1, "category_id": 7, "segmentation": [[22, 22, 30, 22, 30, 30, 22, 30]], "iscrowd": 1},
+    ]
+    data = load_coco(write_coco(tmp_path, [_img(), _img(2, "b.png")], anns, cats))
+    assert data.class_names == ["cat", "dog"] and data.cat_ids == [7, 90]
+    rec = data.images[0]
+    assert rec.labels == [1] and len(rec.crowd_rles) == 1  # crowd is not an object
+    assert len(data.images) == 2 and data.images[1].labels == []  # image without annotations is kept
+    ds = CocoDataset(data, 32, train=False)
+    _, t = ds[0]
+    assert t["labels"].tolist() == [1]
+    assert t["ignore"][6, 6] and not t["ignore"][1, 1]  # crowd region (22..30 px) at stride 4 is ignored
+    assert t["heatmap"][0].max() == 0 and t["heatmap"][1].max() == 1
+
+
+@pytest.mark.parametrize("mode", ["L", "RGBA", "P", "I;16"])
+def test_image_modes_become_rgb(tmp_path, mode):
+    write_png(tmp_path / "x.png", 20, 30, mode)
+    img = read_image(tmp_path / "x.png")
+    assert img.shape == (20, 30, 3) and img.dtype == np.uint8
+    if mode == "I;16":
+        assert img.max() > 200  # scaled down from 16 bit, not clipped to 255 everywhere
+        assert img.min() < 50
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    with pytest.raises(DatasetError, match="missing.json: annotation file not found"):
+        load_coco(tmp_path / "missing.json")
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(DatasetError, match="bad.json: not valid JSON"):
+        load_coco(tmp_path / "bad.json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    with pytest.raises(DatasetError, match="list.json: not a COCO instances file"):
+        load_coco(tmp_path / "list.json")
+    with pytest.raises(DatasetError, match="empty"):
+        load_coco(write_coco(tmp_path, [], [], name="empty.json"))
+    with pytest.raises(DatasetError, match="image folder not found"):
+        load_coco(write_coco(tmp_path, [_img()], [], name="x.json"), tmp_path / "nope")
+
+
+def test_recoverable_problems_warn_and_skip(tmp_path):
+    write_png(tmp_path / "a.png")
+    images = [_img(), _img(2, "gone.png")]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]], "iscrowd": 0},  # 2 points
+        {"id": 2, "image_id": 2, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},  # image missing
+        {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[20, 20, 60, 20, 60, 60, 20, 60]],
+         "bbox": [20, 20, 40, 40], "iscrowd": 0},  # partly outside the 32x32 image
+        {"id": 4, "image_id": 99, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},
+    ]
+    with pytest.warns(DatasetWarning) as rec:
+        data = load_coco(write_coco(tmp_path, images, anns))
+    text = " | ".join(str(w.message) for w in rec)
+    assert "fewer than 3 points" in text and "gone.png" in text and "unknown image_id" in text
+    assert "bbox outside the image" in text
+    assert len(data.images) == 1 and len(data.images[0].rles) == 1
+    ds = CocoDataset(data, 32, train=False)
+    _, t = ds[0]
+    assert t["boxes"].tolist() == [[20.0, 20.0, 32.0, 32.0]]  # the box is the clipped mask's box
+
+
+def test_truncated_image_names_file(tmp_path):
+    write_png(tmp_path / "a.png")
+    data = (tmp_path / "a.png").read_bytes()
+    (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
+    with pytest.raises(DatasetError, match="a.png: not a readable image"):
+        read_image(tmp_path / "a.png")
+    (tmp_path / "t.png").write_text("hello")
+    with pytest.raises(DatasetError, match="t.png: not a readable image"):
+        read_image(tmp_path / "t.png")
+
+
+def test_train_transform_keeps_masks_and_boxes_consistent(synth):
+    data = load_coco(synth / "train.json")
+    ds = CocoDataset(data, 128, train=True, stride=1, max_mask_instances=10**6)
+    for i in range(6):
+        img, t = ds[(0, i)]
+        assert img.shape == (3, 128, 128) and img.dtype == torch.uint8
+        masks = t["masks"].numpy() > 127
+        assert np.allclose(masks_to_boxes(masks), t["boxes"].numpy())
+        assert (masks.sum((1, 2)) >= 6).all()
+        a, _ = ds[(0, i)]
+        assert torch.equal(a, img)  # same (epoch, index) -> same augmentation
+    b, _ = ds[(1, 0)]
+    assert not torch.equal(b, ds[(0, 0)][0])
+
+
+def test_flip_mirrors_image_and_masks(synth):
+    data = load_coco(synth / "train.json")
+    plain = CocoDataset(data, 128, train=True, stride=1, scale_min=1, scale_max=1, flip_prob=0, color_jitter=0)
+    flip = CocoDataset(data, 128, train=True, stride=1, scale_min=1, scale_max=1, flip_prob=1, color_jitter=0)
+    i = next(k for k in range(len(data.images)) if data.images[k].labels)
+    a, ta = plain[(0, i)]
+    b, tb = flip[(0, i)]
+    assert torch.equal(a.flip(-1), b)
+    assert torch.equal(ta["masks"].flip(-1), tb["masks"])
+
+
+def test_collate_pads_dense_images(tmp_path):
+    """500 instances in one image, 0 in another: padded with a valid flag."""
+    write_png(tmp_path / "a.png", 256, 256)
+    write_png(tmp_path / "b.png", 256, 256)
+    anns = []
+    for k in range(500):
+        y, x = divmod(k, 25)
+        x0, y0 = x * 10 + 1, y * 12 + 1
+        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                     "segmentation": [[x0, y0, x0 + 7, y0, x0 + 7, y0 + 9, x0, y0 + 9]]})
+    data = load_coco(write_coco(tmp_path, [_img(1, "a.png", 256, 256), _img(2, "b.png", 256, 256)], anns))
+    dc = DataConfig(imgsz=256)
+    ds = CocoDataset(data, 256, train=False, max_mask_instances=dc.max_mask_instances)
+    images, t = collate([ds[0], ds[1]])
+    assert images.shape == (2, 3, 256, 256)
+    assert t["valid"].shape == (2, 500) and t["valid"][0].all() and not t["valid"][1].any()
+    assert t["masks"].shape == (2, 500, 128, 128)
+    assert int(t["heatmap"][0].eq(1).sum()) == 500  # every object has its own peak

@@ -1,0 +1,82 @@
+import json
+
+import numpy as np
+import pycocotools.mask as mask_util
+import pytest
+
+from tinyseg.data.coco import decode_masks, load_coco
+from tinyseg.data.transforms import masks_to_boxes
+from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth, write_json
+
+from .conftest import write_coco, write_png
+
+
+def _gt_results(data, shift: int = 0, shrink: int = 0):
+    out = []
+    for rec in data.images:
+        masks = decode_masks(rec.rles, rec.height, rec.width).astype(bool)
+        if shift:
+            masks = np.roll(masks, shift, axis=2)
+        boxes = masks_to_boxes(masks)
+        boxes[:, :2] += shrink
+        boxes[:, 2:] -= shrink
+        out += detections_to_coco(rec.id, boxes, np.ones(len(boxes)), np.array(rec.labels), masks, data.cat_ids)
+    return out
+
+
+def test_ground_truth_scores_one(synth):
+    data = load_coco(synth / "val.json")
+    m = coco_evaluate(ground_truth(data), _gt_results(data))
+    assert m["mask_ap"] == pytest.approx(1.0) and m["box_ap"] == pytest.approx(1.0)
+    assert m["mask_ap50"] == pytest.approx(1.0) and m["num_images"] == 8
+    assert set(m["per_class"]) == set(data.class_names)
+
+
+def test_known_lower_value_for_shifted_boxes(tmp_path):
+    """One 20x20 square; a box shrunk by 2 px per side has IoU 16^2/20^2 = 0.64: it counts as a match at the
+    IoU thresholds 0.50, 0.55, 0.60 and misses at the other 7, so box AP = 3/10. The mask (unchanged) stays 1."""
+    write_png(tmp_path / "a.png", 64, 64)
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}]
+    data = load_coco(write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}], anns))
+    res = _gt_results(data, shrink=2)
+    m = coco_evaluate(ground_truth(data), res)
+    assert m["box_ap"] == pytest.approx(0.3, abs=1e-6)
+    assert m["box_ap50"] == pytest.approx(1.0) and m["box_ap75"] == pytest.approx(0.0)
+    assert m["mask_ap"] == pytest.approx(1.0)
+    # A mask shifted by 4 px: IoU 16*20/(2*400-320) = 0.667 -> matches at 0.50..0.65 (4 of 10): AP = 0.4.
+    m = coco_evaluate(ground_truth(data), _gt_results(data, shift=4))
+    assert m["mask_ap"] == pytest.approx(0.4, abs=1e-6)
+
+
+def test_max_dets_matters_for_dense_images(tmp_path):
+    """150 objects in one image: with maxDets=100 at most 100 can be found; AP is read at the largest maxDets."""
+    write_png(tmp_path / "a.png", 200, 200)
+    anns = []
+    for k in range(150):
+        y, x = divmod(k, 15)
+        x0, y0 = x * 13 + 2, y * 19 + 2
+        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
+                     "segmentation": [[x0, y0, x0 + 9, y0, x0 + 9, y0 + 9, x0, y0 + 9]]})
+    data = load_coco(write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "height": 200, "width": 200}], anns))
+    res = _gt_results(data)
+    assert coco_evaluate(ground_truth(data), res, max_dets=500)["mask_ap"] == pytest.approx(1.0)
+    capped = coco_evaluate(ground_truth(data), res, max_dets=100)["mask_ap"]
+    assert capped < 0.8
+
+
+def test_results_are_valid_coco_json(synth, tmp_path):
+    data = load_coco(synth / "val.json")
+    res = _gt_results(data)
+    write_json(res, tmp_path / "res.json")
+    back = json.loads((tmp_path / "res.json").read_text())
+    assert back[0].keys() >= {"image_id", "category_id", "bbox", "score", "segmentation"}
+    m = mask_util.decode(back[0]["segmentation"])
+    assert m.shape == (128, 128)
+    assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_no_detections_scores_zero(synth):
+    data = load_coco(synth / "val.json")
+    m = coco_evaluate(ground_truth(data), [])
+    assert m["mask_ap"] == 0.0 and m["box_ap"] == 0.0

@@ -1,0 +1,205 @@
+"""Model, targets, losses, post-processing and training: real computations on small generated data."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from tinyseg.config import Config, preset
+from tinyseg.data.coco import CocoDataset, collate, load_coco
+from tinyseg.losses import Criterion, focal_loss, giou_loss, mask_losses
+from tinyseg.models.detector import build_model
+from tinyseg.models.postprocess import find_peaks, postprocess
+from tinyseg.targets import build_targets
+
+
+@pytest.mark.parametrize("name", ["nano", "small"])
+def test_head_shapes(name):
+    cfg = preset(name)
+    cfg.num_classes = 5
+    m = build_model(cfg).eval()
+    with torch.no_grad():
+        out = m(torch.zeros(2, 3, 128, 128, dtype=torch.uint8))
+    assert out["heatmap"].shape == (2, 5, 32, 32)
+    assert out["box"].shape == (2, 4, 32, 32) and (out["box"] >= 0).all()
+    assert out["mask_params"].shape == (2, cfg.num_prototypes, 32, 32)
+    assert out["mask_features"].shape == (2, cfg.num_prototypes, 64, 64)
+    assert m.backbone.strides == (2, 4, 8, 16, 32) and set(m.backbone.channels) == {2, 4, 8, 16, 32}
+    det = postprocess(out, m.mask, m.stride, 20)
+    assert det["boxes"].shape == (2, 20, 4) and det["masks"].shape == (2, 20, 64, 64)
+
+
+def test_nano_budget():
+    """Issue targets for nano at 320: <= 1.5 M parameters, <= 1.5 GFLOPs with post-processing."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    cfg = preset("nano")
+    cfg.num_classes = 6
+    m = build_model(cfg).eval()
+    assert sum(p.numel() for p in m.parameters()) <= 1.5e6
+    with FlopCounterMode(display=False) as fc, torch.no_grad():
+        postprocess(m(torch.zeros(1, 3, 320, 320)), m.mask, m.stride, 100)
+    assert fc.get_total_flops() <= 1.5e9
+
+
+def test_targets_for_known_boxes():
+    boxes = np.array([[8, 8, 24, 40], [60, 60, 68, 68]], np.float32)  # 16x32 and 8x8 px
+    t = build_targets(np.array([0, 2]), boxes, 3, 80, 4)
+    heat = t["heatmap"]
+    assert heat.shape == (3, 20, 20)
+    assert heat[0, 6, 4] == 1.0 and heat[2, 16, 16] == 1.0  # centre cells: (16/4, 24/4) and (64/4, 64/4)
+    assert heat[1].max() == 0 and heat.max() == 1 and int((heat == 1).sum()) == 2
+    assert heat[0, 8, 4] < 1 and heat[0, 8, 4] > heat[0, 6, 6]  # elongated: wider along y than x
+    assert t["centers"].tolist() == [6 * 20 + 4, 16 * 20 + 16]
+    assert np.allclose(t["box"][:, 6, 4], boxes[0]) and np.allclose(t["box"][:, 16, 16], boxes[1])
+    w = t["box_weight"]
+    assert w[6, 4] > 0 and w[0, 19] == 0
+    assert math.isclose(w[w > 0].sum(), math.log(16 * 32 + 1) + math.log(8 * 8 + 1), rel_tol=1e-4)
+
+
+def test_focal_loss_hand_computed():
+    # One peak (target 1) with p = 0.5, one negative with target 0 and p = 0.5, one ignored negative.
+    logits = torch.zeros(1, 1, 1, 3)
+    target = torch.tensor([[[[1.0, 0.0, 0.0]]]])
+    ignore = torch.tensor([[[False, False, True]]])
+    expected = -(0.25 * math.log(0.5) + 0.25 * math.log(0.5))
+    assert focal_loss(logits, target, ignore).item() == pytest.approx(expected, rel=1e-5)
+    # Empty image: no peaks, normalised by 1; a confident "nothing" is nearly free.
+    assert focal_loss(torch.full((1, 2, 4, 4), -10.0), torch.zeros(1, 2, 4, 4)).item() < 1e-6
+
+
+def test_giou_hand_computed():
+    a = torch.tensor([0.0, 0, 2, 2])
+    assert giou_loss(a, a).item() == pytest.approx(0.0, abs=1e-5)
+    # Disjoint boxes [0,2]x[0,2] and [3,5]x[0,2]: IoU 0, enclosure 10, union 8 -> GIoU = -0.2 -> loss 1.2.
+    assert giou_loss(a, torch.tensor([3.0, 0, 5, 2])).item() == pytest.approx(1.2, rel=1e-5)
+
+
+def test_mask_losses_hand_computed():
+    logits = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere
+    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
+    crop = torch.ones(1, 1, 2, 2)
+    bce, dice = mask_losses(logits, target, crop, torch.ones(1, 1, dtype=torch.bool))
+    assert bce.item() == pytest.approx(math.log(2), rel=1e-5)
+    assert dice.item() == pytest.approx(1 - (2 * 0.5 + 1) / (2 + 1 + 1), rel=1e-5)
+    bce, dice = mask_losses(logits, target, crop, torch.zeros(1, 1, dtype=torch.bool))
+    assert bce.item() == 0 and dice.item() == 0
+
+
+def _batch(n_objects: int, size: int = 64, num_classes: int = 2):
+    """A synthetic batch with n_objects 6x6 squares (class alternating) in image 0 and none in image 1."""
+    from tinyseg.data.coco import INSTANCE_KEYS  # noqa: F401  (documented padded keys)
+    from tinyseg.data.transforms import downsample_masks
+
+    targets = []
+    for n in (n_objects, 0):
+        masks = np.zeros((n, size, size), np.uint8)
+        boxes = np.zeros((n, 4), np.float32)
+        for k in range(n):
+            y, x = divmod(k, size // 8)
+            y, x = (y * 8) % size, x * 8
+            masks[k, y : y + 6, x : x + 6] = 1
+            boxes[k] = (x, y, x + 6, y + 6)
+        labels = np.arange(n) % num_classes
+        t = build_targets(labels, boxes, num_classes, size, 4)
+        targets.append({"heatmap": torch.from_numpy(t["heatmap"]), "box": torch.from_numpy(t["box"]),
+                        "box_weight": torch.from_numpy(t["box_weight"]),
+                        "ignore": torch.zeros(size // 4, size // 4, dtype=torch.bool),
+                        "labels": torch.from_numpy(labels), "boxes": torch.from_numpy(boxes),
+                        "centers": torch.from_numpy(t["centers"]),
+                        "masks": torch.from_numpy(downsample_masks(masks, 2)), "image_id": 0, "orig_size": (size, size),
+                        "matrix": torch.eye(2, 3)})
+    return collate([(torch.zeros(3, size, size, dtype=torch.uint8), t) for t in targets])
+
+
+@pytest.mark.parametrize("n", [0, 1, 500])
+def test_criterion_on_empty_single_and_dense_images(n):
+    size = 256 if n == 500 else 64
+    cfg = preset("nano")
+    cfg.num_classes = 2
+    m = build_model(cfg)
+    images, t = _batch(min(n, (size // 8) ** 2 * 2), size)
+    crit = Criterion(m.mask, m.stride)
+    losses = crit(m(images), t)
+    assert set(losses) == {"heatmap", "box", "mask_bce", "mask_dice"}
+    total = crit.total(losses)
+    assert torch.isfinite(total)
+    total.backward()
+    if n == 0:
+        assert losses["box"].item() == 0 and losses["mask_bce"].item() == 0
+    else:
+        assert losses["box"].item() > 0 and losses["mask_dice"].item() > 0
+
+
+def test_postprocess_planted_peaks():
+    heat = torch.full((1, 3, 16, 16), -10.0)
+    heat[0, 1, 4, 5] = 3.0  # class 1 at cell (x=5, y=4)
+    heat[0, 1, 4, 6] = 2.0  # its neighbour: suppressed by the 3x3 max-pool
+    heat[0, 2, 10, 12] = 1.0  # class 2 at (12, 10)
+    box = torch.zeros(1, 4, 16, 16)
+    box[0, :, 4, 5] = torch.tensor([6.0, 2.0, 6.0, 2.0])
+    params = torch.zeros(1, 2, 16, 16)
+    params[0, 0, 4, 5] = 1.0
+    feats = torch.stack([torch.full((32, 32), 10.0), torch.zeros(32, 32)])[None]
+    out = {"heatmap": heat, "box": box, "mask_params": params, "mask_features": feats}
+    from tinyseg.models.masks import PrototypeMasks
+
+    det = postprocess(out, PrototypeMasks(8, 4, 8, 2), stride=4, max_det=3)
+    assert det["classes"][0, :2].tolist() == [1, 2]
+    assert det["scores"][0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    assert det["scores"][0, 2].item() < 1e-3  # the suppressed neighbour is not a detection
+    # cell centre (5.5*4, 4.5*4) = (22, 18) -> box (16, 16, 28, 20)
+    assert det["boxes"][0, 0].tolist() == pytest.approx([16.0, 16.0, 28.0, 20.0])
+    m = det["masks"][0, 0]
+    assert m[9, 11].item() == pytest.approx(torch.sigmoid(torch.tensor(10.0)).item())  # inside the box
+    assert m[0, 0].item() == 0  # outside: cropped
+    scores, classes, pos = find_peaks(heat, 2)
+    assert pos.tolist() == [[4 * 16 + 5, 10 * 16 + 12]]
+
+
+def _tiny_cfg() -> Config:
+    cfg = Config()
+    cfg.model = preset("nano")
+    cfg.data.imgsz = 128
+    return cfg
+
+
+def test_training_lowers_loss_and_overfits_masks(synth):
+    """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8)."""
+    from tinyseg.predict import detections_from_output
+    from tinyseg.data.transforms import Letterbox
+
+    torch.manual_seed(0)
+    data = load_coco(synth / "train.json")
+    data.images = [r for r in data.images if 2 <= len(r.labels) <= 6][:4]
+    cfg = _tiny_cfg()
+    cfg.model.num_classes = data.num_classes
+    ds = CocoDataset(data, 128, train=False)
+    images, t = collate([ds[i] for i in range(len(ds))])
+    m = build_model(cfg.model)
+    crit = Criterion(m.mask, m.stride)
+    opt = torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0)
+    first = None
+    for _ in range(150):
+        loss = crit.total(crit(m(images), t))
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.3 * first
+    m.train()  # BN in batch mode: we test the fit, not the running statistics of 150 steps
+    with torch.no_grad():
+        det = postprocess(m(images), m.mask, m.stride, 20)
+    ious = []
+    for i, rec in enumerate(data.images):
+        d = detections_from_output(det, i, Letterbox(1.0, 0.0, 0.0), 128, 128, 128, 0.3, data.class_names)
+        gt = t["masks"][i][t["valid"][i]]
+        from tinyseg.data.coco import decode_masks
+
+        gtm = decode_masks(rec.rles, 128, 128).astype(bool)
+        for g in gtm:
+            best = max((np.logical_and(g, p).sum() / np.logical_or(g, p).sum() for p in d.masks), default=0)
+            ious.append(best)
+        assert len(gt) == len(gtm)
+    assert np.mean(ious) > 0.8, ious
