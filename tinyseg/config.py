@@ -71,7 +71,7 @@ class TrainConfig:
     # Wall-clock budget in minutes; when > 0 it replaces `epochs` and the LR schedule is fitted to it.
     time: float = 0.0
     batch: int = 8
-    lr: float = 0.01
+    lr: float = 0.02
     weight_decay: float = 0.05
     # Warm-up as a fraction of the whole run (linear from 0.1 x lr).
     warmup: float = 0.03

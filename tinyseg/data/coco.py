@@ -182,6 +182,17 @@ def decode_masks(rles: list[dict], h: int, w: int) -> np.ndarray:
     return np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))
 
 
+def rles_to_crops(rles: list[dict], h: int, w: int, chunk: int = 32) -> list[T.MaskCrop]:
+    """Decode RLEs a chunk at a time and keep each mask's bounding-box crop."""
+    out = []
+    for i in range(0, len(rles), chunk):
+        part = rles[i : i + chunk]
+        dec = mask_util.decode(part)  # [H, W, n], Fortran order: slicing one mask's box is cheap
+        for k, (x, y, bw, bh) in enumerate(mask_util.toBbox(part).astype(int)):
+            out.append(T.MaskCrop(int(x), int(y), np.ascontiguousarray(dec[y : y + bh, x : x + bw, k])))
+    return out
+
+
 class CocoDataset(Dataset):
     """Letterboxed (eval) or randomly augmented (train) samples with their training targets.
 
@@ -199,14 +210,14 @@ class CocoDataset(Dataset):
         self.color_jitter, self.min_pixels, self.max_mask = color_jitter, min_instance_pixels, max_mask_instances
         self.seed, self.epoch = seed, 0
         need = sum(r.height * r.width * 3 for r in data.images)
-        self.cache: list[np.ndarray] | None = [None] * len(data.images) if need <= cache_bytes else None
+        self.cache: list | None = [None] * len(data.images) if need <= cache_bytes else None
 
     def preload(self, progress: bool = True) -> None:
         """Decode every image now (in the main process, so DataLoader workers inherit the cache)."""
         if self.cache is None:
             return
         for i in tqdm(range(len(self)), desc=f"load {self.data.path.name}", disable=not progress, leave=False):
-            self.image(i)
+            self._load(i)
 
     def __len__(self) -> int:
         return len(self.data.images)
@@ -217,21 +228,32 @@ class CocoDataset(Dataset):
 
     def image(self, i: int) -> np.ndarray:
         if self.cache is not None and self.cache[i] is not None:
-            return self.cache[i]
+            return self.cache[i][0]
+        return self._load(i)[0]
+
+    def crops(self, i: int) -> tuple[list[T.MaskCrop], list[T.MaskCrop]]:
+        """(object crops, crowd crops) of image i."""
+        if self.cache is not None and self.cache[i] is not None:
+            return self.cache[i][1]
+        return self._load(i)[1]
+
+    def _load(self, i: int):
         rec = self.data.images[i]
         img = read_image(rec.file)
         if img.shape[:2] != (rec.height, rec.width):
             raise DatasetError(f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says "
                                f"{rec.width}x{rec.height}")
+        crops = (rles_to_crops(rec.rles, rec.height, rec.width), rles_to_crops(rec.crowd_rles, rec.height, rec.width))
         if self.cache is not None:
-            self.cache[i] = img
-        return img
+            self.cache[i] = (img, crops)
+        return img, crops
 
     def __getitem__(self, index: int | tuple[int, int]):
         """index: i, or (epoch, i) from an EpochSampler (persistent workers never see set_epoch)."""
         epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
         rec = self.data.images[i]
         img = self.image(i)
+        obj_crops, crowd_crops = self.crops(i)
         S = self.imgsz
         if self.train:
             rng = np.random.default_rng([self.seed, epoch, i])
@@ -242,14 +264,16 @@ class CocoDataset(Dataset):
         out = T.warp_image(img, m, S)
         if self.train:
             out = T.color_jitter(out, rng, self.color_jitter)
-        masks = T.warp_masks(decode_masks(rec.rles, rec.height, rec.width), m, S)
-        labels = np.asarray(rec.labels, np.int64)
-        keep = masks.sum((1, 2)) >= self.min_pixels
-        masks, labels = masks[keep], labels[keep]
-        boxes = T.masks_to_boxes(masks)
+        crops = T.warp_crops(obj_crops, m, S)
+        boxes, areas = T.crop_boxes(crops)
+        keep = np.flatnonzero(areas >= self.min_pixels)
+        crops, boxes = [crops[k] for k in keep], boxes[keep]
+        labels = np.asarray(rec.labels, np.int64)[keep]
         tgt = build_targets(labels, boxes, self.data.num_classes, S, self.stride)
-        crowd = T.warp_masks(decode_masks(rec.crowd_rles, rec.height, rec.width), m, S)
-        ignore = T.downsample_masks(crowd.max(0, keepdims=True), self.stride)[0] > 0 if len(crowd) else None
+        ignore = None
+        if crowd_crops:
+            crowd = T.paste(T.warp_crops(crowd_crops, m, S), S).max(0, keepdims=True)
+            ignore = T.downsample_masks(crowd, self.stride)[0] > 0
         # Only a sample of instances gets the (per-instance, relatively costly) mask loss.
         sel = np.arange(len(labels))
         if rng is not None and len(sel) > self.max_mask:
@@ -263,7 +287,7 @@ class CocoDataset(Dataset):
             "labels": torch.from_numpy(labels[sel]),
             "boxes": torch.from_numpy(boxes[sel]),
             "centers": torch.from_numpy(tgt["centers"][sel]),
-            "masks": torch.from_numpy(T.downsample_masks(masks[sel], self.mask_stride)),
+            "masks": torch.from_numpy(T.downsample_masks(T.paste([crops[k] for k in sel], S), self.mask_stride)),
             "image_id": rec.id,
             "orig_size": (rec.height, rec.width),
             "matrix": torch.from_numpy(m),

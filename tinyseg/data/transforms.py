@@ -39,23 +39,70 @@ class Letterbox:
         return out
 
 
+def opencv_matrix(matrix: np.ndarray) -> np.ndarray:
+    """Our matrices map continuous coordinates (pixel i spans [i, i+1], so a flip is x' = size - x and a
+    letterbox is exact at any scale); OpenCV puts pixel centres at integers. Convert the former to the latter."""
+    m = matrix.astype(np.float32).copy()
+    m[:, 2] += 0.5 * (m[:, 0] + m[:, 1]) - 0.5
+    return m
+
+
 def warp_image(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(
-        img, matrix, (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+        img, opencv_matrix(matrix), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
         borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
     )
 
 
-def warp_masks(masks: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
-    """[N, H, W] uint8 {0,1} -> [N, size, size] uint8 {0,1}. Warps 4 channels at a time (OpenCV's fast path)."""
-    if len(masks) == 0:
-        return np.zeros((0, size, size), np.uint8)
-    stack = np.ascontiguousarray(masks.transpose(1, 2, 0)) * 255
+@dataclass
+class MaskCrop:
+    """One instance mask stored as its bounding-box crop: dense images (hundreds of small objects in a large
+    image) then cost memory and time in proportion to the objects, not to objects x image size."""
+
+    x0: int
+    y0: int
+    mask: np.ndarray  # [h, w] uint8 {0,1}
+
+
+def warp_crops(crops: list[MaskCrop], matrix: np.ndarray, size: int) -> list[MaskCrop]:
+    """Warp each crop into the size x size output; returns crops in output coordinates (empty ones: 0x0)."""
     out = []
-    for i in range(0, stack.shape[2], 4):
-        w = cv2.warpAffine(stack[:, :, i : i + 4], matrix, (size, size), flags=cv2.INTER_LINEAR)
-        out.append(w.reshape(size, size, -1))
-    return (np.concatenate(out, 2).transpose(2, 0, 1) > 127).astype(np.uint8)
+    for c in crops:
+        h, w = c.mask.shape
+        corners = np.array([[c.x0, c.y0, 1], [c.x0 + w, c.y0, 1], [c.x0, c.y0 + h, 1], [c.x0 + w, c.y0 + h, 1]],
+                           np.float32) @ matrix.T
+        x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in corners.min(0))
+        x1, y1 = (min(int(np.ceil(v)) + 1, size) for v in corners.max(0))
+        if x1 <= x0 or y1 <= y0:
+            out.append(MaskCrop(0, 0, np.zeros((0, 0), np.uint8)))
+            continue
+        m = matrix.copy()
+        m[:, 2] = matrix @ np.array([c.x0, c.y0, 1], np.float32) - (x0, y0)
+        warped = cv2.warpAffine(c.mask * 255, opencv_matrix(m), (x1 - x0, y1 - y0), flags=cv2.INTER_LINEAR)
+        out.append(MaskCrop(x0, y0, (warped > 127).astype(np.uint8)))
+    return out
+
+
+def paste(crops: list[MaskCrop], size: int) -> np.ndarray:
+    """Crops -> full [N, size, size] uint8 masks."""
+    out = np.zeros((len(crops), size, size), np.uint8)
+    for i, c in enumerate(crops):
+        h, w = c.mask.shape
+        out[i, c.y0 : c.y0 + h, c.x0 : c.x0 + w] = c.mask
+    return out
+
+
+def crop_boxes(crops: list[MaskCrop]) -> tuple[np.ndarray, np.ndarray]:
+    """Tight xyxy boxes [N, 4] (x2/y2 exclusive) and pixel counts [N] of crops."""
+    boxes = np.zeros((len(crops), 4), np.float32)
+    areas = np.zeros(len(crops), np.int64)
+    for i, c in enumerate(crops):
+        areas[i] = int(c.mask.sum()) if c.mask.size else 0
+        if areas[i]:
+            ys = np.flatnonzero(c.mask.any(1))
+            xs = np.flatnonzero(c.mask.any(0))
+            boxes[i] = (c.x0 + xs[0], c.y0 + ys[0], c.x0 + xs[-1] + 1, c.y0 + ys[-1] + 1)
+    return boxes, areas
 
 
 def downsample_masks(masks: np.ndarray, stride: int) -> np.ndarray:
