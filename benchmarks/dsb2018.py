@@ -67,12 +67,22 @@ def main() -> int:
     hist = summary["history"]
     ips = sum(r["images"] for r in hist) / max(sum(r["seconds"] for r in hist), 1e-9)
     result = {
-        "model": a.model, "imgsz": 320, "train_minutes": a.minutes, "wall_minutes": round(wall, 2),
-        "epochs": summary["epochs"], "steps": summary["steps"], "train_images_per_s": round(ips, 2),
-        "params": params, "gflops": round(gflops, 3), "max_dets": 500,
-        "mask_ap": round(m["mask_ap"], 4), "box_ap": round(m["box_ap"], 4),
-        "mask_ap50": round(m["mask_ap50"], 4), "box_ap50": round(m["box_ap50"], 4),
-        "mask_ap75": round(m["mask_ap75"], 4), "box_ap75": round(m["box_ap75"], 4),
+        "model": a.model,
+        "imgsz": 320,
+        "train_minutes": a.minutes,
+        "wall_minutes": round(wall, 2),
+        "epochs": summary["epochs"],
+        "steps": summary["steps"],
+        "train_images_per_s": round(ips, 2),
+        "params": params,
+        "gflops": round(gflops, 3),
+        "max_dets": 500,
+        "mask_ap": round(m["mask_ap"], 4),
+        "box_ap": round(m["box_ap"], 4),
+        "mask_ap50": round(m["mask_ap50"], 4),
+        "box_ap50": round(m["box_ap50"], 4),
+        "mask_ap75": round(m["mask_ap75"], 4),
+        "box_ap75": round(m["box_ap75"], 4),
         "mAP_mean_of_mask_and_box": round((m["mask_ap"] + m["box_ap"]) / 2, 4),
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "overrides": a.set,
@@ -81,12 +91,21 @@ def main() -> int:
     out = HERE / "results"
     out.mkdir(exist_ok=True)
     (out / f"dsb2018_{a.model}.json").write_text(json.dumps(result, indent=1) + "\n")
-    md = [f"# DSB2018, tinyseg `{a.model}`, {a.minutes:g} CPU minutes at 320, maxDets=500", "",
-          "| model | mask AP | box AP | mAP (mean) | train img/s | params | GFLOPs |", "|---|---|---|---|---|---|---|",
-          f"| tinyseg {a.model} | {result['mask_ap']:.3f} | {result['box_ap']:.3f} | "
-          f"{result['mAP_mean_of_mask_and_box']:.3f} | {ips:.1f} | {params / 1e6:.2f} M | {gflops:.2f} |",
-          "| YOLO11n-seg (reference, from the issue) | 0.318 | 0.325 | 0.322 | ~4 | 2.9 M | 2.5 |", "",
-          "```", format_table(m), "```", "", f"Machine: {result['machine']}."]
+    md = [
+        f"# DSB2018, tinyseg `{a.model}`, {a.minutes:g} CPU minutes at 320, maxDets=500",
+        "",
+        "| model | mask AP | box AP | mAP (mean) | train img/s | params | GFLOPs |",
+        "|---|---|---|---|---|---|---|",
+        f"| tinyseg {a.model} | {result['mask_ap']:.3f} | {result['box_ap']:.3f} | "
+        f"{result['mAP_mean_of_mask_and_box']:.3f} | {ips:.1f} | {params / 1e6:.2f} M | {gflops:.2f} |",
+        "| YOLO11n-seg (reference, from the issue) | 0.318 | 0.325 | 0.322 | ~4 | 2.9 M | 2.5 |",
+        "",
+        "```",
+        format_table(m),
+        "```",
+        "",
+        f"Machine: {result['machine']}.",
+    ]
     (out / f"dsb2018_{a.model}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
     return 0

@@ -21,8 +21,13 @@ def synth(tmp_path_factory) -> Path:
     return out
 
 
-def write_coco(folder: Path, images: list[dict], annotations: list[dict], categories: list[dict] | None = None,
-               name: str = "ann.json") -> Path:
+def write_coco(
+    folder: Path,
+    images: list[dict],
+    annotations: list[dict],
+    categories: list[dict] | None = None,
+    name: str = "ann.json",
+) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     cats = categories if categories is not None else [{"id": 1, "name": "thing"}]
     path = folder / name
@@ -45,3 +50,19 @@ def write_png(path: Path, h: int = 32, w: int = 32, mode: str = "RGB") -> None:
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).convert("P").save(path)
     else:
         Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+
+
+@pytest.fixture(scope="session")
+def tiny_run(synth, tmp_path_factory) -> Path:
+    """A real 2-epoch training run of nano at 128 px on the synthetic set (a few seconds)."""
+    from tinyseg.config import Config, preset
+    from tinyseg.train import train
+
+    out = tmp_path_factory.mktemp("run")
+    cfg = Config()
+    cfg.model = preset("nano")
+    cfg.data.train, cfg.data.val, cfg.data.imgsz = str(synth / "train.json"), str(synth / "val.json"), 128
+    cfg.train.epochs, cfg.train.batch, cfg.train.workers, cfg.train.out = 2, 8, 0, str(out)
+    cfg.train.val_interval = 1
+    train(cfg, show_progress=False)
+    return out

@@ -11,8 +11,21 @@ def test_synth_and_show(tmp_path, capsys):
     assert len(d["images"]) == 4 and (tmp_path / "d/images/val/000001.png").is_file()
     assert main(["show", "--data", str(tmp_path / "d/train.json"), "--out", str(tmp_path / "o"), "--num", "3"]) == 0
     assert len(list((tmp_path / "o").glob("*.png"))) == 3
-    assert main(["show", "--data", str(tmp_path / "d/train.json"), "--out", str(tmp_path / "a"), "--augment",
-                 "--imgsz", "96"]) == 0
+    assert (
+        main(
+            [
+                "show",
+                "--data",
+                str(tmp_path / "d/train.json"),
+                "--out",
+                str(tmp_path / "a"),
+                "--augment",
+                "--imgsz",
+                "96",
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "a").glob("*.png"))) == 4
 
 

@@ -22,8 +22,10 @@ def test_polygon_rle_and_uncompressed_rle_agree(tmp_path):
     m = mask_util.decode(rle)
     uncompressed = {"size": [32, 32], "counts": _uncompressed_counts(m)}
     compressed = {"size": [32, 32], "counts": rle["counts"].decode()}
-    anns = [{"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": s, "iscrowd": 0}
-            for k, s in enumerate([[SQUARE], compressed, uncompressed])]
+    anns = [
+        {"id": k + 1, "image_id": 1, "category_id": 1, "segmentation": s, "iscrowd": 0}
+        for k, s in enumerate([[SQUARE], compressed, uncompressed])
+    ]
     data = load_coco(write_coco(tmp_path, [_img()], anns))
     masks = [mask_util.decode(r) for r in data.images[0].rles]
     assert masks[0].sum() > 200
@@ -93,8 +95,14 @@ def test_recoverable_problems_warn_and_skip(tmp_path):
     anns = [
         {"id": 1, "image_id": 1, "category_id": 1, "segmentation": [[1, 1, 5, 5]], "iscrowd": 0},  # 2 points
         {"id": 2, "image_id": 2, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},  # image missing
-        {"id": 3, "image_id": 1, "category_id": 1, "segmentation": [[20, 20, 60, 20, 60, 60, 20, 60]],
-         "bbox": [20, 20, 40, 40], "iscrowd": 0},  # partly outside the 32x32 image
+        {
+            "id": 3,
+            "image_id": 1,
+            "category_id": 1,
+            "segmentation": [[20, 20, 60, 20, 60, 60, 20, 60]],
+            "bbox": [20, 20, 40, 40],
+            "iscrowd": 0,
+        },  # partly outside the 32x32 image
         {"id": 4, "image_id": 99, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},
     ]
     with pytest.warns(DatasetWarning) as rec:
@@ -153,8 +161,15 @@ def test_collate_pads_dense_images(tmp_path):
     for k in range(500):
         y, x = divmod(k, 25)
         x0, y0 = x * 10 + 1, y * 12 + 1
-        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
-                     "segmentation": [[x0, y0, x0 + 7, y0, x0 + 7, y0 + 9, x0, y0 + 9]]})
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[x0, y0, x0 + 7, y0, x0 + 7, y0 + 9, x0, y0 + 9]],
+            }
+        )
     data = load_coco(write_coco(tmp_path, [_img(1, "a.png", 256, 256), _img(2, "b.png", 256, 256)], anns))
     dc = DataConfig(imgsz=256)
     ds = CocoDataset(data, 256, train=False, max_mask_instances=dc.max_mask_instances)

@@ -14,8 +14,9 @@ def test_yaml_round_trip(tmp_path):
 
 
 def test_overrides_typed():
-    cfg = apply_overrides(Config(), ["train.lr=0.002", "train.epochs=3", "model.depths=[1, 1, 1, 1, 1]",
-                                     "data.train_images=imgs"])
+    cfg = apply_overrides(
+        Config(), ["train.lr=0.002", "train.epochs=3", "model.depths=[1, 1, 1, 1, 1]", "data.train_images=imgs"]
+    )
     assert cfg.train.lr == 0.002 and cfg.train.epochs == 3
     assert cfg.model.depths == (1, 1, 1, 1, 1)
     assert cfg.data.train_images == "imgs"
@@ -23,14 +24,17 @@ def test_overrides_typed():
     assert apply_overrides(Config(), ["train.lr=1"]).train.lr == 1.0
 
 
-@pytest.mark.parametrize("override,match", [
-    ("train.lrr=0.1", "unknown key"),
-    ("nope.lr=0.1", "unknown key"),
-    ("train.epochs=abc", "expected int"),
-    ("train.epochs=1.5", "expected int"),
-    ("model.depths=3", "expected a list"),
-    ("train.lr", "key=value"),
-])
+@pytest.mark.parametrize(
+    "override,match",
+    [
+        ("train.lrr=0.1", "unknown key"),
+        ("nope.lr=0.1", "unknown key"),
+        ("train.epochs=abc", "expected int"),
+        ("train.epochs=1.5", "expected int"),
+        ("model.depths=3", "expected a list"),
+        ("train.lr", "key=value"),
+    ],
+)
 def test_bad_overrides_rejected(override, match):
     with pytest.raises(ConfigError, match=match):
         apply_overrides(Config(), [override])

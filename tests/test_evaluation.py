@@ -36,8 +36,9 @@ def test_known_lower_value_for_shifted_boxes(tmp_path):
     """One 20x20 square; a box shrunk by 2 px per side has IoU 16^2/20^2 = 0.64: it counts as a match at the
     IoU thresholds 0.50, 0.55, 0.60 and misses at the other 7, so box AP = 3/10. The mask (unchanged) stays 1."""
     write_png(tmp_path / "a.png", 64, 64)
-    anns = [{"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
-             "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}]
+    anns = [
+        {"id": 1, "image_id": 1, "category_id": 1, "iscrowd": 0, "segmentation": [[10, 10, 30, 10, 30, 30, 10, 30]]}
+    ]
     data = load_coco(write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "height": 64, "width": 64}], anns))
     res = _gt_results(data, shrink=2)
     m = coco_evaluate(ground_truth(data), res)
@@ -56,8 +57,15 @@ def test_max_dets_matters_for_dense_images(tmp_path):
     for k in range(150):
         y, x = divmod(k, 15)
         x0, y0 = x * 13 + 2, y * 19 + 2
-        anns.append({"id": k + 1, "image_id": 1, "category_id": 1, "iscrowd": 0,
-                     "segmentation": [[x0, y0, x0 + 9, y0, x0 + 9, y0 + 9, x0, y0 + 9]]})
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[x0, y0, x0 + 9, y0, x0 + 9, y0 + 9, x0, y0 + 9]],
+            }
+        )
     data = load_coco(write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "height": 200, "width": 200}], anns))
     res = _gt_results(data)
     assert coco_evaluate(ground_truth(data), res, max_dets=500)["mask_ap"] == pytest.approx(1.0)

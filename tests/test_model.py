@@ -103,13 +103,21 @@ def _batch(n_objects: int, size: int = 64, num_classes: int = 2):
             boxes[k] = (x, y, x + 6, y + 6)
         labels = np.arange(n) % num_classes
         t = build_targets(labels, boxes, num_classes, size, 4)
-        targets.append({"heatmap": torch.from_numpy(t["heatmap"]), "box": torch.from_numpy(t["box"]),
-                        "box_weight": torch.from_numpy(t["box_weight"]),
-                        "ignore": torch.zeros(size // 4, size // 4, dtype=torch.bool),
-                        "labels": torch.from_numpy(labels), "boxes": torch.from_numpy(boxes),
-                        "centers": torch.from_numpy(t["centers"]),
-                        "masks": torch.from_numpy(downsample_masks(masks, 2)), "image_id": 0, "orig_size": (size, size),
-                        "matrix": torch.eye(2, 3)})
+        targets.append(
+            {
+                "heatmap": torch.from_numpy(t["heatmap"]),
+                "box": torch.from_numpy(t["box"]),
+                "box_weight": torch.from_numpy(t["box_weight"]),
+                "ignore": torch.zeros(size // 4, size // 4, dtype=torch.bool),
+                "labels": torch.from_numpy(labels),
+                "boxes": torch.from_numpy(boxes),
+                "centers": torch.from_numpy(t["centers"]),
+                "masks": torch.from_numpy(downsample_masks(masks, 2)),
+                "image_id": 0,
+                "orig_size": (size, size),
+                "matrix": torch.eye(2, 3),
+            }
+        )
     return collate([(torch.zeros(3, size, size, dtype=torch.uint8), t) for t in targets])
 
 
@@ -167,8 +175,8 @@ def _tiny_cfg() -> Config:
 
 def test_training_lowers_loss_and_overfits_masks(synth):
     """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8)."""
-    from tinyseg.predict import detections_from_output
     from tinyseg.data.transforms import Letterbox
+    from tinyseg.predict import detections_from_output
 
     torch.manual_seed(0)
     data = load_coco(synth / "train.json")

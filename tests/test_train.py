@@ -21,12 +21,9 @@ def _cfg(synth, out, epochs=2) -> Config:
 
 
 @pytest.fixture(scope="module")
-def run(synth, tmp_path_factory):
-    from tinyseg.train import train
-
-    out = tmp_path_factory.mktemp("run")
-    summary = train(_cfg(synth, out), show_progress=False)
-    return out, summary
+def run(tiny_run):
+    state = torch.load(tiny_run / "last.pt", weights_only=True)["train_state"]
+    return tiny_run, {"steps": state["step"]}
 
 
 def test_run_writes_everything(run):
@@ -91,15 +88,55 @@ def test_eval_and_predict_commands(run, synth, tmp_path, capsys):
     import json
 
     out, _ = run
-    assert main(["eval", "--weights", str(out / "best.pt"), "--val", str(synth / "val.json"),
-                 "--json", str(tmp_path / "m.json"), "--max-det", "50"]) == 0
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(out / "best.pt"),
+                "--val",
+                str(synth / "val.json"),
+                "--json",
+                str(tmp_path / "m.json"),
+                "--max-det",
+                "50",
+            ]
+        )
+        == 0
+    )
     m = json.loads((tmp_path / "m.json").read_text())
-    for k in ("mask_ap", "mask_ap50", "mask_ap75", "box_ap", "box_ap50", "box_ap75", "mask_ap_small",
-              "mask_ap_medium", "mask_ap_large", "num_images"):
+    for k in (
+        "mask_ap",
+        "mask_ap50",
+        "mask_ap75",
+        "box_ap",
+        "box_ap50",
+        "box_ap75",
+        "mask_ap_small",
+        "mask_ap_medium",
+        "mask_ap_large",
+        "num_images",
+    ):
         assert k in m
     assert m["num_images"] == 8
-    assert main(["predict", "--weights", str(out / "best.pt"), "--source", str(synth / "images/val"),
-                 "--out", str(tmp_path / "pred"), "--conf", "0.0", "--json", str(tmp_path / "r.json")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--weights",
+                str(out / "best.pt"),
+                "--source",
+                str(synth / "images/val"),
+                "--out",
+                str(tmp_path / "pred"),
+                "--conf",
+                "0.0",
+                "--json",
+                str(tmp_path / "r.json"),
+            ]
+        )
+        == 0
+    )
     assert len(list((tmp_path / "pred").glob("*.png"))) == 8
     assert json.loads((tmp_path / "r.json").read_text())
 

@@ -11,6 +11,11 @@ from pathlib import Path
 from tinyseg.config import Config, ConfigError, apply_overrides, preset
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
+
+
+class UsageError(ValueError):
+    """A combination of options that cannot work; the message says what to do instead."""
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
@@ -36,8 +41,19 @@ def cmd_show(a: argparse.Namespace) -> None:
     ds = None
     if a.augment:
         dc = DataConfig(imgsz=a.imgsz)
-        ds = CocoDataset(data, a.imgsz, True, 1, dc.scale_min, dc.scale_max, dc.flip_prob, dc.color_jitter,
-                         dc.min_instance_pixels, 10**6, a.seed)
+        ds = CocoDataset(
+            data,
+            a.imgsz,
+            True,
+            1,
+            dc.scale_min,
+            dc.scale_max,
+            dc.flip_prob,
+            dc.color_jitter,
+            dc.min_instance_pixels,
+            10**6,
+            a.seed,
+        )
     n = min(a.num, len(data.images))
     for i in tqdm(range(n), desc="render", unit="img"):
         rec = data.images[i]
@@ -63,12 +79,24 @@ def _build_config(a: argparse.Namespace) -> Config:
     cfg = Config.load(a.config) if a.config else Config()
     if a.model:
         cfg.model = preset(a.model)
-    for key, value in (("train", a.train), ("val", a.val), ("train_images", a.images), ("val_images", a.images),
-                       ("imgsz", a.imgsz)):
+    for key, value in (
+        ("train", a.train),
+        ("val", a.val),
+        ("train_images", a.images),
+        ("val_images", a.images),
+        ("imgsz", a.imgsz),
+    ):
         if value is not None:
             setattr(cfg.data, key, value)
-    for key, value in (("epochs", a.epochs), ("time", a.time), ("batch", a.batch), ("out", a.out),
-                       ("device", a.device), ("workers", a.workers), ("seed", a.seed)):
+    for key, value in (
+        ("epochs", a.epochs),
+        ("time", a.time),
+        ("batch", a.batch),
+        ("out", a.out),
+        ("device", a.device),
+        ("workers", a.workers),
+        ("seed", a.seed),
+    ):
         if value is not None:
             setattr(cfg.train, key, value)
     apply_overrides(cfg, a.set or [])
@@ -89,19 +117,55 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"checkpoints: {summary['best']} {summary['last']}; metrics.csv and curves.png in {summary['out']}")
 
 
+def load_predictor(weights: str, backend: str = "auto", device: str | None = None, threads: int | None = None):
+    """A checkpoint (.pt) -> PyTorch Segmenter; an exported model (.onnx / .xml) -> the torch-free EdgeSegmenter.
+    Both have .predict(image, conf), .run(letterboxed batch), .class_names and .imgsz."""
+    suffix = Path(weights).suffix.lower()
+    if suffix in (".onnx", ".xml"):
+        if backend == "torch":
+            raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime or openvino, not torch")
+        from tinyseg.runtime import EdgeSegmenter
+
+        return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads)
+    if backend not in ("auto", "torch"):
+        raise UsageError(
+            f"{weights}: a checkpoint runs with --backend torch; for {backend}, export it first "
+            f"(tinyseg export --weights {weights} --format onnx)"
+        )
+    import torch
+
+    from tinyseg.predict import Segmenter
+
+    if threads:
+        torch.set_num_threads(threads)
+    return Segmenter.load(weights, (device or "cpu").lower())
+
+
 def cmd_eval(a: argparse.Namespace) -> None:
     from tinyseg.data.coco import CocoDataset, load_coco
     from tinyseg.engine import evaluate
     from tinyseg.evaluation import format_table, write_json
-    from tinyseg.predict import Segmenter
 
-    seg = Segmenter.load(a.weights, a.device)
+    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     data = load_coco(a.val, a.images)
-    if data.class_names != seg.class_names:
-        warnings.warn(f"{a.val}: categories {data.class_names} differ from the model's {seg.class_names}",
-                      stacklevel=1)
-    ds = CocoDataset(data, a.imgsz or seg.imgsz, train=False)
-    metrics, results = evaluate(seg.model, ds, a.device, a.max_det, a.conf)
+    if data.class_names != pred.class_names:
+        warnings.warn(
+            f"{a.val}: categories {data.class_names} differ from the model's {pred.class_names}", stacklevel=1
+        )
+    if a.imgsz and a.imgsz != pred.imgsz and Path(a.weights).suffix.lower() in (".onnx", ".xml"):
+        raise UsageError(f"{a.weights}: exported for {pred.imgsz}x{pred.imgsz}; --imgsz {a.imgsz} needs a new export")
+    ds = CocoDataset(data, a.imgsz or pred.imgsz, train=False)
+    max_det = a.max_det
+    if hasattr(pred, "meta"):
+        max_det = min(max_det, int(pred.meta["max_det"]))  # the graph's K is fixed at export
+        run = pred.run
+    else:
+
+        def run(x):
+            return pred.run(x, max_det)
+
+    metrics, results = evaluate(run, ds, max_det=a.max_det, conf=a.conf, batch=1 if hasattr(pred, "meta") else 8)
+    metrics["weights"] = str(a.weights)
     print(format_table(metrics))
     if a.json:
         write_json(metrics, a.json)
@@ -124,34 +188,60 @@ def list_images(source: str) -> list[Path]:
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
+    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
+    if a.source.isdigit() or Path(a.source).suffix.lower() in VIDEO_SUFFIXES:
+        from tinyseg.video import run_video
+
+        run_video(pred, a.source, a.conf, a.show, a.save_video, a.max_frames)
+        return
+    if a.show or a.save_video:
+        raise UsageError("--show and --save-video are for a video file or a camera index")
     from tqdm import tqdm
 
-    from tinyseg.data.coco import DatasetError, read_image
-    from tinyseg.evaluation import detections_to_coco, write_json
-    from tinyseg.predict import Segmenter
+    from tinyseg.data.io import DatasetError, read_image
     from tinyseg.viz import draw_instances, write_rgb
 
-    seg = Segmenter.load(a.weights, a.device)
+    if a.json:
+        from tinyseg.evaluation import detections_to_coco, write_json
+
     files = list_images(a.source)
     out = Path(a.out)
-    results, total = [], 0
+    results, total, skipped = [], 0, 0
     for i, f in enumerate(tqdm(files, desc="predict", unit="img")):
         try:
             img = read_image(f)
         except DatasetError as e:
             print(f"skipped: {e}", file=sys.stderr)
+            skipped += 1
             continue
-        det = seg.predict(img, conf=a.conf, max_det=a.max_det)
+        det = pred.predict(img, conf=a.conf)
         total += len(det)
-        write_rgb(out / f"{f.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names,
-                                                        det.scores))
+        write_rgb(
+            out / f"{f.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores)
+        )
         if a.json:
-            results += detections_to_coco(i + 1, det.boxes, det.scores, det.classes, det.masks,
-                                          list(range(1, len(det.class_names) + 1)))
+            results += detections_to_coco(
+                i + 1, det.boxes, det.scores, det.classes, det.masks, list(range(1, len(det.class_names) + 1))
+            )
     if a.json:
         write_json(results, a.json)
-    print(f"{total} instances in {len(files)} images; overlays in {out}/" + (f", results in {a.json}" if a.json
-                                                                            else ""))
+    print(
+        f"{total} instances in {len(files) - skipped} images; overlays in {out}/"
+        + (f", results in {a.json}" if a.json else "")
+        + (f"; {skipped} unreadable files skipped" if skipped else "")
+    )
+
+
+def cmd_export(a: argparse.Namespace) -> None:
+    from tinyseg.export import run_export
+
+    run_export(a.weights, a.format, a.out, a.half, a.int8, a.calib, a.images, a.calib_num, a.max_det)
+
+
+def cmd_bench(a: argparse.Namespace) -> None:
+    from tinyseg.bench import run_bench
+
+    run_bench(a)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -196,37 +286,70 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.002")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint")
-    s.add_argument("--weights", required=True)
+    s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint or an exported model")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
+    s.add_argument("--threads", type=int)
     s.add_argument("--val", required=True, help="COCO JSON with ground truth")
     s.add_argument("--images")
     s.add_argument("--imgsz", type=int)
     s.add_argument("--max-det", type=int, default=100, help="detections per image and COCO maxDets (dense: 500)")
     s.add_argument("--conf", type=float, default=0.02, help="score threshold (default 0.02)")
-    s.add_argument("--device", default="cpu")
+    s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
     s.add_argument("--json", help="write the metrics here")
     s.add_argument("--results", help="write the COCO results JSON here")
     s.set_defaults(func=cmd_eval)
 
-    s = sub.add_parser("predict", help="predict images; write overlay PNGs (and COCO results)")
-    s.add_argument("--weights", required=True)
-    s.add_argument("--source", required=True, help="an image or a folder of images")
+    s = sub.add_parser("predict", help="predict images, a video or a camera; write overlays")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--source", required=True, help="an image, a folder of images, a video file or a camera index")
     s.add_argument("--out", default="runs/predict")
     s.add_argument("--conf", type=float, default=0.3)
-    s.add_argument("--max-det", type=int)
-    s.add_argument("--device", default="cpu")
-    s.add_argument("--json", help="also write COCO results here")
+    s.add_argument("--backend", default="auto", choices=["auto", "torch", "onnxruntime", "openvino"])
+    s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
+    s.add_argument("--threads", type=int, help="CPU threads for inference")
+    s.add_argument("--show", action="store_true", help="open a window (video/camera)")
+    s.add_argument("--save-video", metavar="OUT.mp4", help="write the annotated video (video/camera)")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames (video/camera)")
+    s.add_argument("--json", help="also write COCO results here (images)")
     s.set_defaults(func=cmd_predict)
+
+    s = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (FP32, FP16, INT8)")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--format", required=True, choices=["onnx", "openvino"])
+    s.add_argument("--half", action="store_true", help="OpenVINO: FP16-compressed weights (NCS2)")
+    s.add_argument("--int8", action="store_true", help="INT8 post-training quantization (needs --calib)")
+    s.add_argument("--calib", metavar="ANN.json|DIR", help="calibration images: a COCO JSON or an image folder")
+    s.add_argument("--images", help="image folder for --calib JSON")
+    s.add_argument("--calib-num", type=int, default=300)
+    s.add_argument("--max-det", type=int, help="K detections in the graph (default: the checkpoint's)")
+    s.add_argument("--out", help="output path (default: next to the checkpoint)")
+    s.set_defaults(func=cmd_export)
+
+    s = sub.add_parser("bench", help="model-zoo row: accuracy, size, latency and memory per backend")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--val", help="COCO JSON for mask/box AP (FP32 and INT8)")
+    s.add_argument("--images")
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino")
+    s.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    s.add_argument("--runs", type=int, default=50, help="timed runs per setting (after warm-up)")
+    s.add_argument("--calib-num", type=int, default=100)
+    s.add_argument("--max-det", type=int, default=100)
+    s.add_argument("--out", default="runs/bench", help="folder for the exported models")
+    s.add_argument("--markdown", help="write the table as Markdown here")
+    s.add_argument("--json", help="write the results as JSON here")
+    s.set_defaults(func=cmd_bench)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tinyseg.errors import USER_ERRORS
+    from tinyseg.errors import user_errors
 
     try:
         args.func(args)
-    except USER_ERRORS as e:
+    except user_errors() as e:
         print(f"tinyseg {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

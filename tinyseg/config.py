@@ -127,12 +127,8 @@ class Config:
 
 # Presets: only the model section; everything else keeps its defaults. Measured at 320x320 (see README).
 PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(
-        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=32, num_prototypes=16
-    ),
-    "small": dict(
-        width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24
-    ),
+    "nano": dict(width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=32, num_prototypes=16),
+    "small": dict(width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24),
 }
 
 

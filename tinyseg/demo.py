@@ -27,9 +27,25 @@ def run(out: Path, minutes: float, train_images: int, seed: int) -> int:
     _step(f"2/5 ground-truth overlays -> {out / 'ground_truth'}")
     cli(["show", "--data", str(data / "val.json"), "--out", str(out / "ground_truth"), "--num", "12"])
     _step(f"3/5 training nano for {minutes:g} CPU minutes -> {out / 'train'}")
-    rc = cli(["train", "--train", str(data / "train.json"), "--val", str(data / "val.json"), "--model", "nano",
-              "--time", str(minutes), "--out", str(out / "train"), "--seed", str(seed),
-              "--set", "train.val_interval=4"])
+    rc = cli(
+        [
+            "train",
+            "--train",
+            str(data / "train.json"),
+            "--val",
+            str(data / "val.json"),
+            "--model",
+            "nano",
+            "--time",
+            str(minutes),
+            "--out",
+            str(out / "train"),
+            "--seed",
+            str(seed),
+            "--set",
+            "train.val_interval=4",
+        ]
+    )
     if rc:
         return rc
     weights = out / "train" / "best.pt"
@@ -38,17 +54,28 @@ def run(out: Path, minutes: float, train_images: int, seed: int) -> int:
     if rc:
         return rc
     _step(f"5/5 predicting the val images -> {out / 'predictions'}")
-    rc = cli(["predict", "--weights", str(weights), "--source", str(data / "images" / "val"),
-              "--out", str(out / "predictions"), "--conf", "0.3"])
+    rc = cli(
+        [
+            "predict",
+            "--weights",
+            str(weights),
+            "--source",
+            str(data / "images" / "val"),
+            "--out",
+            str(out / "predictions"),
+            "--conf",
+            "0.3",
+        ]
+    )
     m = json.loads((out / "metrics.json").read_text())
     total = (time.perf_counter() - t0) / 60
     print(f"""
-tinyseg demo finished in {total:.1f} min: mask AP {m['mask_ap']:.3f}, box AP {m['box_ap']:.3f} (synthetic val)
+tinyseg demo finished in {total:.1f} min: mask AP {m["mask_ap"]:.3f}, box AP {m["box_ap"]:.3f} (synthetic val)
   model        {weights}
-  curves       {out / 'train' / 'curves.png'}   (metrics.csv beside it)
-  metrics      {out / 'metrics.json'}
-  predictions  {out / 'predictions'}/*.png
-  ground truth {out / 'ground_truth'}/*.png
+  curves       {out / "train" / "curves.png"}   (metrics.csv beside it)
+  metrics      {out / "metrics.json"}
+  predictions  {out / "predictions"}/*.png
+  ground truth {out / "ground_truth"}/*.png
 Try:  .venv/bin/tinyseg predict --weights {weights} --source YOUR_IMAGE.png --out runs/mine""")
     return rc
 

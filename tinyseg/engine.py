@@ -7,6 +7,7 @@ import math
 import time
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
@@ -16,8 +17,8 @@ from tinyseg.data.coco import CocoDataset, collate
 from tinyseg.data.transforms import Letterbox
 from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth
 from tinyseg.losses import Criterion
-from tinyseg.models.postprocess import postprocess
-from tinyseg.predict import detections_from_output
+from tinyseg.predict import torch_runner
+from tinyseg.results import to_detections
 
 
 class NonFiniteLossError(RuntimeError):
@@ -54,12 +55,25 @@ def lr_factor(progress: float, warmup: float, final: float) -> float:
     return final + (1 - final) * 0.5 * (1 + math.cos(math.pi * p))
 
 
-def train_one_epoch(model: nn.Module, criterion: Criterion, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    ema: ModelEMA | None, device: str, progress_fn: Callable[[int], float], base_lr: float,
-                    warmup: float, final_lr: float, grad_clip: float = 10.0, scaler=None, epoch: int = 0,
-                    show_progress: bool = True) -> dict[str, float]:
+def train_one_epoch(
+    model: nn.Module,
+    criterion: Criterion,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    ema: ModelEMA | None,
+    device: str,
+    progress_fn: Callable[[int], float],
+    base_lr: float,
+    warmup: float,
+    final_lr: float,
+    grad_clip: float = 10.0,
+    scaler=None,
+    epoch: int = 0,
+    show_progress: bool = True,
+) -> dict[str, float]:
     """One pass over `loader` (or until progress_fn reaches 1: a time budget can end an epoch early).
-    progress_fn(batches done this epoch) -> fraction of the whole run done; the LR follows it. Returns mean losses and images/s."""
+    progress_fn(batches done this epoch) -> fraction of the whole run done; the LR follows it.
+    Returns mean losses and images/s."""
     model.train()
     sums: dict[str, float] = {}
     n_batches, n_images, t0 = 0, 0, time.perf_counter()
@@ -107,29 +121,52 @@ def train_one_epoch(model: nn.Module, criterion: Criterion, loader: DataLoader, 
     return stats
 
 
-@torch.no_grad()
-def predict_dataset(model: nn.Module, dataset: CocoDataset, device: str = "cpu", batch: int = 8,
-                    max_det: int = 100, conf: float = 0.02, show_progress: bool = True) -> list[dict]:
-    """Run the model over an eval dataset -> COCO results (masks RLE at original resolution)."""
-    model.eval()
+def predict_dataset(
+    run: Callable[[np.ndarray], dict[str, np.ndarray]],
+    dataset: CocoDataset,
+    batch: int = 8,
+    conf: float = 0.02,
+    show_progress: bool = True,
+) -> list[dict]:
+    """Run a graph-like callable (torch_runner() or EdgeSegmenter.run) over an eval dataset -> COCO results
+    (masks RLE-encoded at the original resolution)."""
     loader = DataLoader(dataset, batch_size=batch, shuffle=False, collate_fn=collate, num_workers=0)
     results: list[dict] = []
     cat_ids = dataset.data.cat_ids
     for images, targets in tqdm(loader, desc="eval", disable=not show_progress, leave=False):
-        out = model(images.to(device))
-        det = postprocess(out, model.mask, model.stride, max_det)
+        out = run(images.numpy())
         for i, (image_id, (h, w)) in enumerate(zip(targets["image_id"], targets["orig_size"])):
             m = targets["matrix"][i]
             lb = Letterbox(float(m[0, 0]), float(m[0, 2]), float(m[1, 2]))
-            d = detections_from_output(det, i, lb, h, w, dataset.imgsz, conf, dataset.data.class_names)
+            d = to_detections(
+                out["boxes"][i],
+                out["scores"][i],
+                out["classes"][i],
+                out["masks"][i],
+                lb,
+                h,
+                w,
+                dataset.imgsz,
+                conf,
+                dataset.data.class_names,
+            )
             results += detections_to_coco(image_id, d.boxes, d.scores, d.classes, d.masks, cat_ids)
     return results
 
 
-def evaluate(model: nn.Module, dataset: CocoDataset, device: str = "cpu", max_det: int = 100, conf: float = 0.02,
-             show_progress: bool = True) -> tuple[dict, list[dict]]:
-    """COCO mask and box AP of `model` on an eval dataset. Returns (metrics, results)."""
-    results = predict_dataset(model, dataset, device, max_det=max_det, conf=conf, show_progress=show_progress)
+def evaluate(
+    model: nn.Module | Callable,
+    dataset: CocoDataset,
+    device: str = "cpu",
+    max_det: int = 100,
+    conf: float = 0.02,
+    show_progress: bool = True,
+    batch: int = 8,
+) -> tuple[dict, list[dict]]:
+    """COCO mask and box AP on an eval dataset of a PyTorch model or a graph-like callable.
+    Returns (metrics, results)."""
+    run = torch_runner(model, device, max_det) if isinstance(model, nn.Module) else model
+    results = predict_dataset(run, dataset, batch, conf, show_progress)
     gt = ground_truth(dataset.data)
     metrics = coco_evaluate(gt, results, max_det, [r.id for r in dataset.data.images], dataset.data.class_names)
     return metrics, results

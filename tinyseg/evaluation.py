@@ -11,13 +11,15 @@ import io
 import json
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from tinyseg.data.coco import CocoData
+if TYPE_CHECKING:
+    from tinyseg.data.coco import CocoData
 
 
 def encode_mask(mask: np.ndarray) -> dict:
@@ -27,14 +29,24 @@ def encode_mask(mask: np.ndarray) -> dict:
     return rle
 
 
-def detections_to_coco(image_id: int, boxes: np.ndarray, scores: np.ndarray, classes: np.ndarray,
-                       masks: np.ndarray | None, cat_ids: list[int]) -> list[dict]:
+def detections_to_coco(
+    image_id: int,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    masks: np.ndarray | None,
+    cat_ids: list[int],
+) -> list[dict]:
     """One image's detections (boxes xyxy in original pixels, masks [N, H, W] bool) -> COCO result dicts."""
     out = []
     for i in range(len(scores)):
         x1, y1, x2, y2 = (float(v) for v in boxes[i])
-        r = {"image_id": int(image_id), "category_id": int(cat_ids[int(classes[i])]),
-             "bbox": [x1, y1, x2 - x1, y2 - y1], "score": float(scores[i])}
+        r = {
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[int(classes[i])]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(scores[i]),
+        }
         if masks is not None:
             r["segmentation"] = encode_mask(masks[i])
         out.append(r)
@@ -49,13 +61,23 @@ def ground_truth(data: CocoData) -> COCO:
         for crowd, labels, rles in ((0, rec.labels, rec.rles), (1, rec.crowd_labels, rec.crowd_rles)):
             for label, rle in zip(labels, rles):
                 counts = rle["counts"].decode("ascii") if isinstance(rle["counts"], bytes) else rle["counts"]
-                anns.append({"id": len(anns) + 1, "image_id": rec.id, "category_id": data.cat_ids[label],
-                             "segmentation": {"size": rle["size"], "counts": counts},
-                             "area": float(mask_util.area(rle)), "bbox": mask_util.toBbox(rle).tolist(),
-                             "iscrowd": crowd})
+                anns.append(
+                    {
+                        "id": len(anns) + 1,
+                        "image_id": rec.id,
+                        "category_id": data.cat_ids[label],
+                        "segmentation": {"size": rle["size"], "counts": counts},
+                        "area": float(mask_util.area(rle)),
+                        "bbox": mask_util.toBbox(rle).tolist(),
+                        "iscrowd": crowd,
+                    }
+                )
     coco = COCO()
-    coco.dataset = {"images": images, "annotations": anns,
-                    "categories": [{"id": c, "name": n} for c, n in zip(data.cat_ids, data.class_names)]}
+    coco.dataset = {
+        "images": images,
+        "annotations": anns,
+        "categories": [{"id": c, "name": n} for c, n in zip(data.cat_ids, data.class_names)],
+    }
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -66,8 +88,13 @@ def _ap(precision: np.ndarray) -> float:
     return float(p.mean()) if p.size else 0.0
 
 
-def coco_evaluate(gt: COCO, results: list[dict], max_dets: int = 100, image_ids: list[int] | None = None,
-                  class_names: list[str] | None = None) -> dict:
+def coco_evaluate(
+    gt: COCO,
+    results: list[dict],
+    max_dets: int = 100,
+    image_ids: list[int] | None = None,
+    class_names: list[str] | None = None,
+) -> dict:
     """Score results with COCOeval. Returns mask_ap, mask_ap50, mask_ap75, mask_ap_small/medium/large, the
     same for box_*, per-class AP, num_images and max_dets."""
     image_ids = sorted(image_ids if image_ids is not None else gt.getImgIds())
@@ -105,8 +132,9 @@ def coco_evaluate(gt: COCO, results: list[dict], max_dets: int = 100, image_ids:
 def format_table(metrics: dict) -> str:
     rows = [("", "AP", "AP50", "AP75", "APs", "APm", "APl")]
     for prefix, label in (("mask", "mask"), ("box", "box")):
-        rows.append((label, *(f"{metrics[f'{prefix}_ap{k}']:.3f}" for k in
-                              ("", "50", "75", "_small", "_medium", "_large"))))
+        rows.append(
+            (label, *(f"{metrics[f'{prefix}_ap{k}']:.3f}" for k in ("", "50", "75", "_small", "_medium", "_large")))
+        )
     lines = ["  ".join(f"{c:>7}" for c in r) for r in rows]
     if metrics.get("per_class"):
         lines.append("")

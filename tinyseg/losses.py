@@ -12,8 +12,13 @@ from torch import nn
 from tinyseg.models.postprocess import box_crop, cell_centers, decode_boxes, gather
 
 
-def focal_loss(logits: torch.Tensor, target: torch.Tensor, ignore: torch.Tensor | None = None,
-               alpha: float = 2.0, beta: float = 4.0) -> torch.Tensor:
+def focal_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    ignore: torch.Tensor | None = None,
+    alpha: float = 2.0,
+    beta: float = 4.0,
+) -> torch.Tensor:
     """CenterNet's penalty-reduced focal loss. logits/target [B, C, h, w]; ignore [B, h, w] bool (crowd regions:
     no negative penalty). Normalised by the number of peaks (target == 1); 0 peaks -> normalised by 1."""
     logits = logits.float()
@@ -42,8 +47,9 @@ def giou_loss(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> to
     return 1 - (iou - (enc - union) / (enc + eps))
 
 
-def mask_losses(logits: torch.Tensor, target: torch.Tensor, crop: torch.Tensor,
-                valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def mask_losses(
+    logits: torch.Tensor, target: torch.Tensor, crop: torch.Tensor, valid: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     """logits/target/crop [B, N, h, w] (target in 0..1, crop {0,1}); valid [B, N] bool.
     BCE averaged over each instance's crop (so small objects count as much as large ones, as in YOLACT), and
     dice over the crop; both averaged over valid instances. No instances -> zero losses with a gradient path."""
@@ -59,13 +65,18 @@ def mask_losses(logits: torch.Tensor, target: torch.Tensor, crop: torch.Tensor,
 
 
 class Criterion(nn.Module):
-    def __init__(self, mask_head: nn.Module, stride: int, heatmap_weight: float = 1.0, box_weight: float = 2.0,
-                 mask_weight: float = 2.0):
+    def __init__(
+        self,
+        mask_head: nn.Module,
+        stride: int,
+        heatmap_weight: float = 1.0,
+        box_weight: float = 2.0,
+        mask_weight: float = 2.0,
+    ):
         super().__init__()
         self.mask_head = mask_head
         self.stride = stride
-        self.weights = {"heatmap": heatmap_weight, "box": box_weight, "mask_bce": mask_weight,
-                        "mask_dice": mask_weight}
+        self.weights = {"heatmap": heatmap_weight, "box": box_weight, "mask_bce": mask_weight, "mask_dice": mask_weight}
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         heat = outputs["heatmap"]

@@ -55,8 +55,9 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     train_ds = build_dataset(dc.train, dc.train_images, dc, train=True, seed=tc.seed)
     val_ds = build_dataset(dc.val, dc.val_images, dc, train=False) if dc.val else None
     if val_ds is not None and val_ds.data.class_names != train_ds.data.class_names:
-        raise DatasetError(f"{dc.val}: categories {val_ds.data.class_names} differ from the training set's "
-                           f"{train_ds.data.class_names}")
+        raise DatasetError(
+            f"{dc.val}: categories {val_ds.data.class_names} differ from the training set's {train_ds.data.class_names}"
+        )
     cfg.model.num_classes = train_ds.data.num_classes
     train_ds.preload(show_progress)
     cfg.save(out / "config.yaml")
@@ -88,9 +89,16 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
 
     summary: dict = {"out": str(out)}
     sampler = EpochSampler(len(train_ds), tc.seed)
-    loader = DataLoader(train_ds, batch_size=tc.batch, sampler=sampler, drop_last=len(train_ds) >= tc.batch,
-                        collate_fn=collate, num_workers=tc.workers, persistent_workers=tc.workers > 0,
-                        pin_memory=device.startswith("cuda"))
+    loader = DataLoader(
+        train_ds,
+        batch_size=tc.batch,
+        sampler=sampler,
+        drop_last=len(train_ds) >= tc.batch,
+        collate_fn=collate,
+        num_workers=tc.workers,
+        persistent_workers=tc.workers > 0,
+        pin_memory=device.startswith("cuda"),
+    )
     while (budget > 0 and elapsed_now() < budget) or (budget <= 0 and epoch < tc.epochs):
         sampler.set_epoch(epoch)
 
@@ -99,17 +107,35 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
 
         clock["start"], clock["base"] = time.perf_counter(), elapsed
         try:
-            stats = train_one_epoch(model, criterion, loader, optimizer, ema, device,
-                                    progress_fn, tc.lr, tc.warmup, tc.final_lr, tc.grad_clip, scaler, epoch,
-                                    show_progress)
+            stats = train_one_epoch(
+                model,
+                criterion,
+                loader,
+                optimizer,
+                ema,
+                device,
+                progress_fn,
+                tc.lr,
+                tc.warmup,
+                tc.final_lr,
+                tc.grad_clip,
+                scaler,
+                epoch,
+                show_progress,
+            )
         except NonFiniteLossError as e:
             raise TrainingError(f"{e}; stopped. The last good checkpoint is kept: {out / 'last.pt'}") from None
         elapsed = elapsed_now()
         step += stats["batches"]
         epoch += 1
         finished = (budget > 0 and elapsed >= budget) or (budget <= 0 and epoch >= tc.epochs)
-        row = {"epoch": epoch, "step": step, "minutes": round(elapsed / 60, 3),
-               "lr": optimizer.param_groups[0]["lr"], **{k: round(v, 5) for k, v in stats.items()}}
+        row = {
+            "epoch": epoch,
+            "step": step,
+            "minutes": round(elapsed / 60, 3),
+            "lr": optimizer.param_groups[0]["lr"],
+            **{k: round(v, 5) for k, v in stats.items()},
+        }
         if val_ds is not None and (finished or epoch % tc.val_interval == 0):
             metrics, _ = evaluate(ema.model, val_ds, device, cfg.model.max_det, show_progress=show_progress)
             row.update(mask_ap=round(metrics["mask_ap"], 4), box_ap=round(metrics["box_ap"], 4))
@@ -118,23 +144,45 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
         _write_csv(history, out / "metrics.csv")
         plot_curves(history, out / "curves.png")
         ap = row.get("mask_ap", -1.0)
-        payload = {"format": CHECKPOINT_FORMAT, "model": ema.model.state_dict(), "config": cfg.to_dict(),
-                   "class_names": train_ds.data.class_names, "cat_ids": train_ds.data.cat_ids,
-                   "imgsz": dc.imgsz, "epoch": epoch, "step": step, "mask_ap": ap}
+        payload = {
+            "format": CHECKPOINT_FORMAT,
+            "model": ema.model.state_dict(),
+            "config": cfg.to_dict(),
+            "class_names": train_ds.data.class_names,
+            "cat_ids": train_ds.data.cat_ids,
+            "imgsz": dc.imgsz,
+            "epoch": epoch,
+            "step": step,
+            "mask_ap": ap,
+        }
         if ap > best_ap or not (out / "best.pt").exists():
             best_ap = max(ap, best_ap)
             save_checkpoint(payload, out / "best.pt")
-        payload["train_state"] = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                                  "ema_updates": ema.updates, "epoch": epoch, "step": step, "elapsed": elapsed,
-                                  "best_ap": best_ap, "history": history, "rng": torch.get_rng_state()}
+        payload["train_state"] = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "ema_updates": ema.updates,
+            "epoch": epoch,
+            "step": step,
+            "elapsed": elapsed,
+            "best_ap": best_ap,
+            "history": history,
+            "rng": torch.get_rng_state(),
+        }
         save_checkpoint(payload, out / "last.pt")
         if show_progress:
             msg = " ".join(f"{k}={row[k]}" for k in ("epoch", "minutes", "loss", "images_per_s") if k in row)
             if "mask_ap" in row:
                 msg += f" mask_ap={row['mask_ap']:.3f} box_ap={row['box_ap']:.3f}"
             print(msg, flush=True)
-    summary.update(epochs=epoch, steps=step, minutes=elapsed / 60, best=str(out / "best.pt"),
-                   last=str(out / "last.pt"), history=history)
+    summary.update(
+        epochs=epoch,
+        steps=step,
+        minutes=elapsed / 60,
+        best=str(out / "best.pt"),
+        last=str(out / "last.pt"),
+        history=history,
+    )
     return summary
 
 

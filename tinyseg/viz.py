@@ -16,8 +16,15 @@ def palette(i: int) -> tuple[int, int, int]:
     return int(bgr[0]), int(bgr[1]), int(bgr[2])
 
 
-def draw_instances(image: np.ndarray, boxes: np.ndarray, classes: np.ndarray, masks: np.ndarray | None,
-                   class_names: list[str], scores: np.ndarray | None = None, alpha: float = 0.45) -> np.ndarray:
+def draw_instances(
+    image: np.ndarray,
+    boxes: np.ndarray,
+    classes: np.ndarray,
+    masks: np.ndarray | None,
+    class_names: list[str],
+    scores: np.ndarray | None = None,
+    alpha: float = 0.45,
+) -> np.ndarray:
     """RGB uint8 [H, W, 3] + instances -> a new RGB image with tinted masks, outlines, boxes and labels.
     Colours follow the instance (so touching objects of one class stay apart); the label names the class."""
     out = image.copy()

@@ -15,38 +15,12 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 import torch
-from PIL import Image, UnidentifiedImageError
 from torch.utils.data import Dataset, Sampler
 from tqdm import tqdm
 
 from tinyseg.data import transforms as T
+from tinyseg.data.io import DatasetError, DatasetWarning, read_image  # noqa: F401 (re-exported)
 from tinyseg.targets import build_targets
-
-
-class DatasetError(ValueError):
-    """A dataset file is missing or malformed; the message names the file and the problem."""
-
-
-class DatasetWarning(UserWarning):
-    """Something in a dataset was skipped; the message says what."""
-
-
-def read_image(path: str | Path) -> np.ndarray:
-    """Any image file -> [H, W, 3] uint8 RGB. Grayscale, RGBA, palette and 16-bit images are converted."""
-    try:
-        with Image.open(path) as im:
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
-                a = np.asarray(im, dtype=np.float32)
-                hi = float(a.max()) if a.size else 1.0
-                a = a / (257.0 if hi > 255 and hi <= 65535 else max(hi / 255.0, 1.0))
-                a = np.clip(a, 0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(a[:, :, None], 3, 2))
-            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
-    except FileNotFoundError:
-        raise DatasetError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-        raise DatasetError(f"{path}: not a readable image ({e})") from None
 
 
 @dataclass
@@ -147,8 +121,12 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None, check_f
             skipped.setdefault(str(e), []).append(a.get("id"))
             continue
         bbox = a.get("bbox")
-        if isinstance(bbox, list) and len(bbox) == 4 and (
-            bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > rec.width + 1 or bbox[1] + bbox[3] > rec.height + 1
+        if (
+            isinstance(bbox, list)
+            and len(bbox) == 4
+            and (
+                bbox[0] < -1 or bbox[1] < -1 or bbox[0] + bbox[2] > rec.width + 1 or bbox[1] + bbox[3] > rec.height + 1
+            )
         ):
             # Boxes are always re-derived from the (clipped) mask, so this is harmless; say so once.
             skipped.setdefault("bbox outside the image: kept, box taken from the mask instead", []).append(a.get("id"))
@@ -161,12 +139,14 @@ def load_coco(ann_file: str | Path, image_dir: str | Path | None = None, check_f
         else:
             skipped.setdefault("empty mask", []).append(a.get("id"))
     if missing:
-        warnings.warn(f"{path}: skipped {len(missing)} images whose files are missing, e.g. {missing[:3]}",
-                      DatasetWarning, stacklevel=2)
+        warnings.warn(
+            f"{path}: skipped {len(missing)} images whose files are missing, e.g. {missing[:3]}",
+            DatasetWarning,
+            stacklevel=2,
+        )
     for reason, ids in skipped.items():
         what = "fixed" if reason.startswith("bbox outside") else "skipped"
-        warnings.warn(f"{path}: {what} {len(ids)} annotations ({reason}), ids {ids[:5]}", DatasetWarning,
-                      stacklevel=2)
+        warnings.warn(f"{path}: {what} {len(ids)} annotations ({reason}), ids {ids[:5]}", DatasetWarning, stacklevel=2)
     if not records:
         raise DatasetError(f"{path}: the dataset is empty (no usable images)")
     return CocoData(path, img_dir, names, cat_ids, list(records.values()))
@@ -200,10 +180,21 @@ class CocoDataset(Dataset):
     (`cache_bytes`): on a 2-core laptop PNG decoding would otherwise cost as much as the forward pass.
     """
 
-    def __init__(self, data: CocoData, imgsz: int, train: bool, stride: int = 4, scale_min: float = 0.6,
-                 scale_max: float = 1.5, flip_prob: float = 0.5, color_jitter: float = 0.3,
-                 min_instance_pixels: int = 6, max_mask_instances: int = 64, seed: int = 0,
-                 cache_bytes: int = 4 << 30):
+    def __init__(
+        self,
+        data: CocoData,
+        imgsz: int,
+        train: bool,
+        stride: int = 4,
+        scale_min: float = 0.6,
+        scale_max: float = 1.5,
+        flip_prob: float = 0.5,
+        color_jitter: float = 0.3,
+        min_instance_pixels: int = 6,
+        max_mask_instances: int = 64,
+        seed: int = 0,
+        cache_bytes: int = 4 << 30,
+    ):
         self.data, self.imgsz, self.train, self.stride = data, imgsz, train, stride
         self.mask_stride = max(stride // 2, 1)  # the model's prototypes are at half the heatmap stride
         self.scale_min, self.scale_max, self.flip_prob = scale_min, scale_max, flip_prob
@@ -241,8 +232,9 @@ class CocoDataset(Dataset):
         rec = self.data.images[i]
         img = read_image(rec.file)
         if img.shape[:2] != (rec.height, rec.width):
-            raise DatasetError(f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says "
-                               f"{rec.width}x{rec.height}")
+            raise DatasetError(
+                f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says {rec.width}x{rec.height}"
+            )
         crops = (rles_to_crops(rec.rles, rec.height, rec.width), rles_to_crops(rec.crowd_rles, rec.height, rec.width))
         if self.cache is not None:
             self.cache[i] = (img, crops)
@@ -282,8 +274,9 @@ class CocoDataset(Dataset):
             "heatmap": torch.from_numpy(tgt["heatmap"]),
             "box": torch.from_numpy(tgt["box"]),
             "box_weight": torch.from_numpy(tgt["box_weight"]),
-            "ignore": torch.from_numpy(ignore) if ignore is not None else torch.zeros(S // self.stride,
-                                                                                       S // self.stride, dtype=bool),
+            "ignore": torch.from_numpy(ignore)
+            if ignore is not None
+            else torch.zeros(S // self.stride, S // self.stride, dtype=bool),
             "labels": torch.from_numpy(labels[sel]),
             "boxes": torch.from_numpy(boxes[sel]),
             "centers": torch.from_numpy(tgt["centers"][sel]),
@@ -342,7 +335,15 @@ def build_dataset(ann_file: str, image_dir: str, cfg, train: bool, stride: int =
     """cfg: DataConfig. Loads and validates the JSON, then wraps it in a CocoDataset."""
     data = load_coco(ann_file, image_dir or None)
     return CocoDataset(
-        data, cfg.imgsz, train, stride, cfg.scale_min, cfg.scale_max, cfg.flip_prob, cfg.color_jitter,
-        cfg.min_instance_pixels, cfg.max_mask_instances, seed,
+        data,
+        cfg.imgsz,
+        train,
+        stride,
+        cfg.scale_min,
+        cfg.scale_max,
+        cfg.flip_prob,
+        cfg.color_jitter,
+        cfg.min_instance_pixels,
+        cfg.max_mask_instances,
+        seed,
     )
-

@@ -172,8 +172,9 @@ def _render_one(args: tuple) -> list[dict]:
     return [_coco_annotation(0, i + 1, obj["category"], obj["mask"]) for obj in inst]
 
 
-def generate_split(out_dir: Path, split: str, num: int, size: int, seed: int, progress: bool = True,
-                   workers: int = 1) -> Path:
+def generate_split(
+    out_dir: Path, split: str, num: int, size: int, seed: int, progress: bool = True, workers: int = 1
+) -> Path:
     """Write `out_dir/images/<split>/*.png` and `out_dir/<split>.json`; returns the JSON path."""
     (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
     jobs = [(out_dir, split, i, size, seed) for i in range(num)]
@@ -203,9 +204,18 @@ def generate_split(out_dir: Path, split: str, num: int, size: int, seed: int, pr
     return path
 
 
-def generate(out_dir: str | Path, train: int = 1000, val: int = 100, size: int = 320, seed: int = 0,
-             progress: bool = True, workers: int = 1) -> tuple[Path, Path]:
+def generate(
+    out_dir: str | Path,
+    train: int = 1000,
+    val: int = 100,
+    size: int = 320,
+    seed: int = 0,
+    progress: bool = True,
+    workers: int = 1,
+) -> tuple[Path, Path]:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    return (generate_split(out, "train", train, size, seed, progress, workers),
-            generate_split(out, "val", val, size, seed, progress, workers))
+    return (
+        generate_split(out, "train", train, size, seed, progress, workers),
+        generate_split(out, "val", val, size, seed, progress, workers),
+    )

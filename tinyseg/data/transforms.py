@@ -49,7 +49,11 @@ def opencv_matrix(matrix: np.ndarray) -> np.ndarray:
 
 def warp_image(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     return cv2.warpAffine(
-        img, opencv_matrix(matrix), (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT,
+        img,
+        opencv_matrix(matrix),
+        (size, size),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
         borderValue=(PAD_VALUE, PAD_VALUE, PAD_VALUE),
     )
 
@@ -69,8 +73,10 @@ def warp_crops(crops: list[MaskCrop], matrix: np.ndarray, size: int) -> list[Mas
     out = []
     for c in crops:
         h, w = c.mask.shape
-        corners = np.array([[c.x0, c.y0, 1], [c.x0 + w, c.y0, 1], [c.x0, c.y0 + h, 1], [c.x0 + w, c.y0 + h, 1]],
-                           np.float32) @ matrix.T
+        corners = (
+            np.array([[c.x0, c.y0, 1], [c.x0 + w, c.y0, 1], [c.x0, c.y0 + h, 1], [c.x0 + w, c.y0 + h, 1]], np.float32)
+            @ matrix.T
+        )
         x0, y0 = (max(int(np.floor(v)) - 1, 0) for v in corners.min(0))
         x1, y1 = (min(int(np.ceil(v)) + 1, size) for v in corners.max(0))
         if x1 <= x0 or y1 <= y0:
@@ -125,8 +131,9 @@ def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
     return boxes
 
 
-def random_affine(height: int, width: int, size: int, rng: np.random.Generator, scale_min: float,
-                  scale_max: float, flip_prob: float) -> np.ndarray:
+def random_affine(
+    height: int, width: int, size: int, rng: np.random.Generator, scale_min: float, scale_max: float, flip_prob: float
+) -> np.ndarray:
     """Letterbox, then random zoom (crop when > 1, shrink when < 1), random placement, and horizontal flip."""
     s = size / max(height, width) * np.exp(rng.uniform(np.log(scale_min), np.log(scale_max)))
     new_w, new_h = width * s, height * s

@@ -13,8 +13,15 @@ from tinyseg.models.neck import FPNFuse
 
 
 class TinySeg(nn.Module):
-    def __init__(self, backbone: MobileNetV2Backbone, neck: FPNFuse, heatmap: HeatmapHead, box: BoxHead,
-                 mask: nn.Module, num_classes: int):
+    def __init__(
+        self,
+        backbone: MobileNetV2Backbone,
+        neck: FPNFuse,
+        heatmap: HeatmapHead,
+        box: BoxHead,
+        mask: nn.Module,
+        num_classes: int,
+    ):
         super().__init__()
         self.backbone, self.neck, self.heatmap, self.box, self.mask = backbone, neck, heatmap, box, mask
         self.num_classes = num_classes
@@ -22,8 +29,7 @@ class TinySeg(nn.Module):
         self.mask_stride = self.stride // 2  # of the prototypes and assembled masks
         # Normalisation lives in the graph: the deployed model takes raw uint8 pixels.
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1) * 255, persistent=False)
-        self.register_buffer("inv_std", 1 / (torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1) * 255),
-                             persistent=False)
+        self.register_buffer("inv_std", 1 / (torch.tensor([0.25, 0.25, 0.25]).view(1, 3, 1, 1) * 255), persistent=False)
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [B, 3, S, S] RGB, uint8 or float in 0..255 -> dict of
@@ -44,7 +50,6 @@ def build_model(cfg: ModelConfig) -> TinySeg:
         neck,
         HeatmapHead(cfg.neck_channels, cfg.head_channels, cfg.num_classes),
         BoxHead(cfg.neck_channels, cfg.head_channels),
-        build_mask_head(cfg.mask_head, cfg.neck_channels, backbone.channels[2], cfg.head_channels,
-                        cfg.num_prototypes),
+        build_mask_head(cfg.mask_head, cfg.neck_channels, backbone.channels[2], cfg.head_channels, cfg.num_prototypes),
         cfg.num_classes,
     )

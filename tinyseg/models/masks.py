@@ -41,8 +41,13 @@ class PrototypeMasks(nn.Module):
         up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.coefficients(x), up + self.fine(fine)
 
-    def assemble(self, params: torch.Tensor, features: torch.Tensor, centers: torch.Tensor | None = None,
-                 boxes: torch.Tensor | None = None) -> torch.Tensor:
+    def assemble(
+        self,
+        params: torch.Tensor,
+        features: torch.Tensor,
+        centers: torch.Tensor | None = None,
+        boxes: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         b, k, h, w = features.shape
         return torch.bmm(params, features.reshape(b, k, h * w)).reshape(b, -1, h, w)
 

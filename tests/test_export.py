@@ -1,0 +1,201 @@
+"""Export round trips for real: ONNX -> onnxruntime, ONNX/IR -> OpenVINO (CPU), INT8, the torch-free runtime,
+video prediction, and the error messages of the edge path."""
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import cv2
+import numpy as np
+import pytest
+
+from tinyseg.cli import main
+from tinyseg.export import _verify_batch, check_parity, export_onnx, export_openvino, quantize_onnx
+from tinyseg.predict import Segmenter
+from tinyseg.runtime import EdgeSegmenter, RuntimeError_
+
+
+@pytest.fixture(scope="module")
+def ckpt(tiny_run, tmp_path_factory):
+    """The tiny run's checkpoint with its heatmap logits spread out. After a few steps every score sits near
+    the 0.01 prior, and which of equal scores makes the top-K is arbitrary; spread scores make the parity
+    checks about the graph, not about tie-breaking."""
+    import torch
+
+    from tinyseg.predict import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_run / "best.pt")
+    g = torch.Generator().manual_seed(0)
+    w = ck["model"]["heatmap.out.weight"]
+    ck["model"]["heatmap.out.weight"] = torch.randn(w.shape, generator=g) * 0.5
+    ck["model"]["heatmap.out.bias"] = torch.zeros_like(ck["model"]["heatmap.out.bias"])
+    path = tmp_path_factory.mktemp("ckpt") / "spread.pt"
+    save_checkpoint(ck, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def seg(ckpt):
+    return Segmenter.load(ckpt)
+
+
+@pytest.fixture(scope="module")
+def onnx_path(seg, tmp_path_factory):
+    return export_onnx(seg, tmp_path_factory.mktemp("onnx") / "m.onnx", max_det=20)
+
+
+@pytest.fixture(scope="module")
+def images(seg):
+    return _verify_batch(seg, 4)
+
+
+def test_onnx_matches_pytorch(seg, onnx_path, images):
+    import onnx
+
+    onnx.checker.check_model(onnx.load(str(onnx_path)))
+    edge = EdgeSegmenter(onnx_path)
+    assert edge.class_names == seg.class_names and edge.imgsz == 128 and edge.meta["max_det"] == 20
+    ops = {n.op_type for n in onnx.load(str(onnx_path)).graph.node}
+    assert {"MaxPool", "TopK", "MatMul"} <= ops and "NonMaxSuppression" not in ops  # decode is in the graph
+    out = edge.run(images)  # dynamic batch: 4 images at once
+    ref = seg.run(images, 20)
+    assert out["boxes"].shape == (4, 20, 4) and out["masks"].shape == (4, 20, 64, 64)
+    np.testing.assert_allclose(out["scores"], ref["scores"], atol=1e-4)  # sorted scores agree
+    parity = check_parity(seg, onnx_path, images, conf=0.0)
+    assert parity.ok and parity.detections >= 40, parity
+
+
+@pytest.mark.parametrize("half", [False, True])
+def test_openvino_matches_pytorch(seg, onnx_path, images, tmp_path, half):
+    pytest.importorskip("openvino")
+    xml = export_openvino(onnx_path, tmp_path / "m.xml", half=half)
+    assert xml.with_suffix(".bin").is_file()
+    edge = EdgeSegmenter(xml)
+    assert edge.backend == "openvino" and edge.meta["precision"] == ("fp16" if half else "fp32")
+    parity = check_parity(seg, xml, images, conf=0.0, score_tol=2e-3 if half else 1e-5)
+    assert parity.ok, parity
+
+
+def test_int8_onnx_runs_and_is_sane(seg, onnx_path, images, tmp_path):
+    q = quantize_onnx(onnx_path, tmp_path / "q.onnx", images)
+    edge = EdgeSegmenter(q)
+    assert edge.meta["precision"] == "int8"
+    out = edge.run(images[:1])
+    assert np.isfinite(out["boxes"]).all() and (out["boxes"] >= 0).all() and (out["boxes"] <= 128).all()
+    assert ((out["scores"] >= 0) & (out["scores"] <= 1)).all()
+    assert ((out["masks"] >= 0) & (out["masks"] <= 1)).all()
+    import onnx
+
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node)
+    # The decode tail stays float: the max-pool peak test sees real scores.
+    ref = seg.run(images[:1], 20)
+    assert np.abs(out["scores"][0, :3] - ref["scores"][0, :3]).max() < 0.1
+
+
+def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
+    pytest.importorskip("nncf")
+    from tinyseg.export import quantize_openvino
+
+    xml = quantize_openvino(onnx_path, tmp_path / "q.xml", images)
+    out = EdgeSegmenter(xml).run(images[:2])
+    assert out["masks"].shape == (2, 20, 64, 64) and np.isfinite(out["scores"]).all()
+
+
+BLOCK_TORCH = textwrap.dedent("""
+    import sys, importlib.abc
+    class Block(importlib.abc.MetaPathFinder):
+        def find_spec(self, name, path, target=None):
+            if name == "torch" or name.startswith("torch."):
+                raise ImportError("torch is blocked in this test")
+    sys.meta_path.insert(0, Block())
+""")
+
+
+def test_runtime_never_imports_torch(onnx_path, synth, tmp_path):
+    code = BLOCK_TORCH + textwrap.dedent(f"""
+        from tinyseg.runtime import EdgeSegmenter
+        from tinyseg.data.io import read_image
+        seg = EdgeSegmenter({str(onnx_path)!r})
+        det = seg.predict(read_image({str(synth / "images/val/000000.png")!r}), conf=0.0)
+        assert det.masks.shape == (20, 128, 128), det.masks.shape
+        from tinyseg.cli import main
+        rc = main(["predict", "--weights", {str(onnx_path)!r}, "--source", {str(synth / "images/val")!r},
+                   "--out", {str(tmp_path / "p")!r}, "--conf", "0.1"])
+        assert rc == 0
+        assert "torch" not in sys.modules
+        print("OK")
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
+    assert len(list((tmp_path / "p").glob("*.png"))) == 8
+
+
+def test_predict_on_generated_video(onnx_path, synth, tmp_path, capsys):
+    video = tmp_path / "in.mp4"
+    w = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"mp4v"), 10, (128, 128))
+    for i in range(6):
+        w.write(cv2.imread(str(synth / f"images/val/{i:06d}.png")))
+    w.release()
+    out = tmp_path / "out.mp4"
+    assert main(["predict", "--weights", str(onnx_path), "--source", str(video), "--save-video", str(out)]) == 0
+    cap = cv2.VideoCapture(str(out))
+    assert int(cap.get(cv2.CAP_PROP_FRAME_COUNT)) == 6
+    assert "6 frames" in capsys.readouterr().out
+
+
+def test_edge_errors_are_clear(onnx_path, tmp_path, capsys):
+    (tmp_path / "bad.onnx").write_bytes(b"garbage")
+    with pytest.raises(RuntimeError_, match="bad.onnx: not a loadable ONNX model"):
+        EdgeSegmenter(tmp_path / "bad.onnx")
+    with pytest.raises(RuntimeError_, match="expected .onnx or OpenVINO .xml"):
+        (tmp_path / "m.tflite").write_bytes(b"x")
+        EdgeSegmenter(tmp_path / "m.tflite")
+    edge = EdgeSegmenter(onnx_path)
+    with pytest.raises(RuntimeError_, match=r"expects uint8 \[B, 3, 128, 128\]"):
+        edge.run(np.zeros((1, 3, 320, 320), np.uint8))
+    with pytest.raises(RuntimeError_, match="expects uint8"):
+        edge.run(np.zeros((1, 128, 128, 3), np.uint8))  # NHWC instead of NCHW
+    assert main(["predict", "--weights", str(onnx_path), "--source", "99", "--max-frames", "1"]) == 2
+    assert "camera 99 could not be opened" in capsys.readouterr().err
+    assert main(["predict", "--weights", str(onnx_path), "--source", str(tmp_path / "no.mp4")]) == 2
+    assert main(["predict", "--weights", str(onnx_path), "--source", str(tmp_path), "--show"]) == 2
+
+
+def test_missing_backend_names_the_extra(onnx_path):
+    code = textwrap.dedent(f"""
+        import sys, importlib.abc
+        class Block(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path, target=None):
+                if name.split(".")[0] == "onnxruntime":
+                    raise ImportError("blocked")
+        sys.meta_path.insert(0, Block())
+        from tinyseg.cli import main
+        sys.exit(main(["predict", "--weights", {str(onnx_path)!r}, "--source", {str(onnx_path)!r}]))
+    """)
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2 and "pip install 'tinyseg[edge]'" in res.stderr, res.stderr
+
+
+def test_export_command_verifies_itself(ckpt, synth, tmp_path, capsys):
+    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "parity vs PyTorch: OK" in out and (tmp_path / "x.onnx").is_file()
+    assert " 0 detections" not in out  # it compared real detections
+    assert (
+        main(
+            [
+                "eval",
+                "--weights",
+                str(tmp_path / "x.onnx"),
+                "--val",
+                str(synth / "val.json"),
+                "--json",
+                str(tmp_path / "m.json"),
+            ]
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 8
+    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--int8"]) == 2
+    assert "--int8 needs calibration images" in capsys.readouterr().err

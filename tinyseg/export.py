@@ -1,0 +1,341 @@
+"""Export: one self-contained graph (normalisation, network, peak finding, top-K, boxes, masks) to ONNX and
+OpenVINO IR, INT8 post-training quantization, and a parity check against PyTorch after every export.
+
+Graph contract (same for every format):
+  input   images   uint8 [B, 3, S, S]   RGB, letterboxed to the model's size S (pad value 114), NCHW
+  outputs boxes    float32 [B, K, 4]    xyxy in input pixels
+          scores   float32 [B, K]       peak scores, sorted descending (K = max_det; filter by your threshold)
+          classes  int64   [B, K]       0-based labels
+          masks    float32 [B, K, S/2, S/2]  mask probabilities on the letterboxed grid, zero outside the box
+Masks stay at the prototype resolution (S/2): resizing K masks to S inside the graph would cost 4x the memory
+traffic for nothing the host can't do for the few detections it keeps.
+Metadata (class names, size, layout) is embedded in the model file under the key `tinyseg`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from tinyseg.data.transforms import Letterbox, warp_image
+from tinyseg.models.postprocess import postprocess
+from tinyseg.predict import Segmenter
+
+OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+class ExportGraph(nn.Module):
+    """TinySeg + post-processing as one module with tensor outputs (what goes into the graph)."""
+
+    def __init__(self, seg: Segmenter, max_det: int):
+        super().__init__()
+        self.model, self.max_det = seg.model, max_det
+
+    def forward(self, images: torch.Tensor):
+        det = postprocess(self.model(images), self.model.mask, self.model.stride, self.max_det)
+        return tuple(det[k] for k in OUTPUT_NAMES)
+
+
+def metadata(seg: Segmenter, max_det: int, precision: str) -> dict:
+    return {
+        "class_names": seg.class_names,
+        "imgsz": seg.imgsz,
+        "max_det": max_det,
+        "layout": "NCHW",
+        "dtype": "uint8",
+        "color": "RGB",
+        "pad_value": 114,
+        "mask_stride": seg.model.mask_stride,
+        "outputs": list(OUTPUT_NAMES),
+        "precision": precision,
+        "format": "tinyseg/1",
+    }
+
+
+def _atomic_path(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path.with_name(f".tmp-{os.getpid()}-{path.name}")
+
+
+def export_onnx(seg: Segmenter, path: str | Path, max_det: int | None = None, opset: int = 17) -> Path:
+    """Trace the whole pipeline to ONNX (batch dimension dynamic), check it, simplify it where onnxslim is
+    installed, embed the metadata. Written atomically."""
+    import onnx
+
+    path = Path(path)
+    max_det = max_det or seg.cfg.model.max_det
+    graph = ExportGraph(seg, max_det).eval()
+    s = seg.imgsz
+    dummy = torch.zeros(1, 3, s, s, dtype=torch.uint8)
+    tmp = _atomic_path(path)
+    axes = {"images": {0: "batch"}, **{k: {0: "batch"} for k in OUTPUT_NAMES}}
+    with torch.no_grad():
+        torch.onnx.export(
+            graph,
+            (dummy,),
+            str(tmp),
+            input_names=["images"],
+            output_names=list(OUTPUT_NAMES),
+            dynamic_axes=axes,
+            opset_version=opset,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(tmp))
+    try:
+        import onnxslim
+
+        model = onnxslim.slim(model)
+    except ImportError:
+        pass
+    onnx.checker.check_model(model)
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "tinyseg", json.dumps(metadata(seg, max_det, "fp32"))
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def export_openvino(onnx_path: Path, path: str | Path, half: bool = False) -> Path:
+    """ONNX -> OpenVINO IR (.xml + .bin), FP32 or FP16-compressed weights (what the NCS2 runs)."""
+    import openvino as ov
+
+    path = Path(path).with_suffix(".xml")
+    model = ov.convert_model(str(onnx_path))
+    meta = json.loads(_onnx_meta(onnx_path))
+    meta["precision"] = "fp16" if half else "fp32"
+    model.set_rt_info(json.dumps(meta), ["tinyseg"])
+    _save_ir(model, path, half)
+    return path
+
+
+def _save_ir(model, path: Path, half: bool) -> None:
+    import openvino as ov
+
+    tmp = _atomic_path(path)
+    ov.save_model(model, str(tmp), compress_to_fp16=half)
+    os.replace(tmp.with_suffix(".bin"), path.with_suffix(".bin"))
+    os.replace(tmp, path)
+
+
+def _onnx_meta(path: Path) -> str:
+    import onnx
+
+    m = onnx.load(str(path), load_external_data=False)
+    return next((p.value for p in m.metadata_props if p.key == "tinyseg"), "{}")
+
+
+def calibration_images(source: str, images_dir: str | None, size: int, num: int) -> np.ndarray:
+    """Letterboxed uint8 [N, 3, S, S] calibration batch from a COCO JSON or an image folder."""
+    from tinyseg.data.io import read_image
+
+    src = Path(source)
+    if src.is_dir():
+        files = sorted(f for f in src.iterdir() if f.suffix.lower() in {".png", ".jpg", ".jpeg", ".bmp"})
+    else:
+        from tinyseg.data.coco import load_coco
+
+        files = [r.file for r in load_coco(src, images_dir).images]
+    if not files:
+        raise ExportError(f"{source}: no calibration images found")
+    rng = np.random.default_rng(0)
+    files = [files[i] for i in sorted(rng.permutation(len(files))[:num])]
+    out = []
+    for f in files:
+        img = read_image(f)
+        lb = Letterbox.fit(*img.shape[:2], size)
+        out.append(warp_image(img, lb.matrix(), size).transpose(2, 0, 1))
+    return np.stack(out)
+
+
+def tail_nodes(onnx_path: Path) -> list[str]:
+    """Names of the nodes that decode detections (everything outside the network proper) plus the heads'
+    output convs: kept in float by INT8 quantization, since scores, box distances and mask coefficients
+    feed exact comparisons (peak == max), TopK and a MatMul whose errors show straight in the masks."""
+    import onnx
+
+    m = onnx.load(str(onnx_path))
+    keep_float = ("/heatmap/out/", "/box/out/", "/coefficients/out/", "/mask/coarse/", "/mask/fine/")
+    return [n.name for n in m.graph.node if not n.name.startswith("/model/") or any(k in n.name for k in keep_float)]
+
+
+def quantize_onnx(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
+    """Static INT8 (QDQ, per-channel weights, uint8 activations) with onnxruntime; decode tail in float."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.it = iter(calib[i : i + 1] for i in range(len(calib)))
+
+        def get_next(self):
+            x = next(self.it, None)
+            return None if x is None else {"images": x}
+
+    path = Path(path)
+    with tempfile.TemporaryDirectory() as d:
+        pre = Path(d) / "pre.onnx"
+        quant_pre_process(str(onnx_path), str(pre), skip_symbolic_shape=True)
+        tmp = _atomic_path(path)
+        quantize_static(
+            str(pre),
+            str(tmp),
+            Reader(),
+            quant_format=QuantFormat.QDQ,
+            per_channel=True,
+            activation_type=QuantType.QUInt8,
+            weight_type=QuantType.QInt8,
+            nodes_to_exclude=tail_nodes(pre),
+        )
+    import onnx
+
+    model = onnx.load(str(tmp))
+    meta = json.loads(_onnx_meta(onnx_path))
+    meta["precision"] = "int8"
+    del model.metadata_props[:]
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "tinyseg", json.dumps(meta)
+    onnx.save(model, str(tmp))
+    os.replace(tmp, path)
+    return path
+
+
+def quantize_openvino(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
+    """INT8 with NNCF post-training quantization; the decode tail and head outputs stay in float."""
+    import nncf
+    import openvino as ov
+
+    path = Path(path).with_suffix(".xml")
+    model = ov.convert_model(str(onnx_path))
+    names = {op.get_friendly_name() for op in model.get_ops()}
+    ignored = [n for n in tail_nodes(onnx_path) if n in names]
+    dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+    q = nncf.quantize(
+        model, dataset, subset_size=len(calib), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False)
+    )
+    meta = json.loads(_onnx_meta(onnx_path))
+    meta["precision"] = "int8"
+    q.set_rt_info(json.dumps(meta), ["tinyseg"])
+    _save_ir(q, path, half=False)
+    return path
+
+
+@dataclass
+class Parity:
+    images: int
+    detections: int
+    max_box_diff: float  # pixels, over detections scoring >= conf in PyTorch
+    min_mask_iou: float
+    ok: bool
+
+    def __str__(self) -> str:
+        return (
+            f"{'OK' if self.ok else 'MISMATCH'}: {self.images} images, {self.detections} detections, "
+            f"max box difference {self.max_box_diff:.3f} px, min mask IoU {self.min_mask_iou:.4f}"
+        )
+
+
+def check_parity(
+    seg: Segmenter,
+    model_path: Path,
+    images: np.ndarray,
+    conf: float = 0.3,
+    box_tol: float = 1.0,
+    iou_tol: float = 0.99,
+    device: str = "CPU",
+    score_tol: float = 1e-5,
+) -> Parity:
+    """Run the exported model and PyTorch on the same letterboxed images and compare every PyTorch detection
+    scoring >= conf with its counterpart (same class, score within score_tol; nearest box, since near-equal
+    scores may swap places in top-K): boxes within box_tol px, mask IoU (at 0.5) >= iou_tol. A detection
+    without a counterpart counts as box difference inf. Detections tied with the K-th score are skipped: which
+    of equal scores makes the top-K cut is arbitrary."""
+    from tinyseg.runtime import EdgeSegmenter
+
+    edge = EdgeSegmenter(model_path, device=device)
+    ref = seg.run(images, edge.meta["max_det"])
+    max_diff, min_iou, n = 0.0, 1.0, 0
+    for i in range(len(images)):
+        out = edge.run(images[i : i + 1])
+        cut = ref["scores"][i, -1] + score_tol
+        for k in np.flatnonzero((ref["scores"][i] >= conf) & (ref["scores"][i] > cut)):
+            n += 1
+            cand = np.flatnonzero(
+                (out["classes"][0] == ref["classes"][i, k])
+                & (np.abs(out["scores"][0] - ref["scores"][i, k]) <= score_tol)
+            )
+            if not len(cand):
+                max_diff = float("inf")
+                continue
+            diffs = np.abs(out["boxes"][0, cand] - ref["boxes"][i, k]).max(1)
+            j = cand[int(diffs.argmin())]
+            max_diff = max(max_diff, float(diffs.min()))
+            a, b = ref["masks"][i, k] > 0.5, out["masks"][0, j] > 0.5
+            union = (a | b).sum()
+            min_iou = min(min_iou, float((a & b).sum() / union) if union else 1.0)
+    return Parity(len(images), n, max_diff, min_iou, max_diff <= box_tol and min_iou >= iou_tol)
+
+
+def run_export(
+    weights: str,
+    fmt: str,
+    out: str | None = None,
+    half: bool = False,
+    int8: bool = False,
+    calib: str | None = None,
+    images: str | None = None,
+    calib_num: int = 300,
+    max_det: int | None = None,
+    verify_images: int = 8,
+) -> Path:
+    """`tinyseg export`: write the model, then verify it against PyTorch on a few images and say so."""
+    if int8 and not calib:
+        raise ExportError("--int8 needs calibration images: --calib ANN.json (or an image folder)")
+    if half and (fmt != "openvino" or int8):
+        raise ExportError("--half is for FP16 OpenVINO IR (--format openvino without --int8)")
+    seg = Segmenter.load(weights)
+    tag = "int8" if int8 else ("fp16" if half else "fp32")
+    default = Path(weights).with_name(f"{Path(weights).stem}_{tag}" + (".onnx" if fmt == "onnx" else ".xml"))
+    path = Path(out) if out else default
+    with tempfile.TemporaryDirectory() as d:
+        fp32 = export_onnx(seg, (path if fmt == "onnx" and not int8 else Path(d) / "fp32.onnx"), max_det)
+        calib_batch = calibration_images(calib, images, seg.imgsz, calib_num) if calib else None
+        if fmt == "onnx" and int8:
+            quantize_onnx(fp32, path, calib_batch)
+        elif fmt == "openvino":
+            path = quantize_openvino(fp32, path, calib_batch) if int8 else export_openvino(fp32, path, half)
+    check = calib_batch[:verify_images] if calib_batch is not None else _verify_batch(seg, verify_images)
+    parity = check_parity(seg, path, check, conf=0.1, score_tol=2e-3 if half or int8 else 1e-5)
+    size = path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    print(f"wrote {path} ({size / 1e6:.2f} MB, {tag})")
+    if int8:
+        print(f"parity vs PyTorch (INT8: differences are expected; measure AP with tinyseg eval): {parity}")
+    else:
+        print(f"parity vs PyTorch: {parity}")
+        if not parity.ok:
+            raise ExportError(f"{path}: exported model does not match PyTorch ({parity})")
+    return path
+
+
+def _verify_batch(seg: Segmenter, n: int) -> np.ndarray:
+    """Images to verify an export on when no calibration data was given: synthetic scenes of the same kind
+    the demo trains on (deterministic), letterboxed to the model's size."""
+    from tinyseg.data.synthetic import render_image
+
+    out = []
+    for i in range(n):
+        img, _ = render_image(seg.imgsz, np.random.default_rng([12345, i]))
+        out.append(img[:, :, ::-1].transpose(2, 0, 1))
+    return np.ascontiguousarray(np.stack(out))

@@ -1,0 +1,87 @@
+"""Detections and the mapping from network-input coordinates back to the original image.
+
+numpy + OpenCV only (no torch): shared by the PyTorch `Segmenter` and the edge runtime, so both give the
+same result for the same network outputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from tinyseg.data.transforms import Letterbox, opencv_matrix
+
+
+@dataclass
+class Detections:
+    """One image's detections in original-image pixels."""
+
+    boxes: np.ndarray  # [N, 4] float32 xyxy
+    scores: np.ndarray  # [N] float32
+    classes: np.ndarray  # [N] int64, 0-based labels
+    masks: np.ndarray  # [N, H, W] bool
+    class_names: list[str]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def masks_to_original(
+    masks: np.ndarray, boxes: np.ndarray, lb: Letterbox, height: int, width: int, size: int
+) -> np.ndarray:
+    """Mask probabilities [N, h, w] on the letterboxed input grid -> [N, H, W] bool at the original size:
+    one bilinear warp per mask straight from the low-resolution grid (no intermediate resize), thresholded
+    at 0.5 and cut exactly to its box (original pixels, xyxy)."""
+    n = len(masks)
+    out = np.zeros((n, height, width), bool)
+    if n == 0:
+        return out
+    ms = size / masks.shape[-1]  # input pixels per mask cell
+    to_mask = np.array([[lb.scale / ms, 0, lb.pad_x / ms], [0, lb.scale / ms, lb.pad_y / ms]], np.float32)
+    m_cv = opencv_matrix(to_mask)
+    for i in range(n):
+        x1, y1, x2, y2 = boxes[i]
+        # Only pixels whose centre lies inside the box can be set: warp just that window.
+        c0, r0 = max(int(np.ceil(x1 - 0.5)), 0), max(int(np.ceil(y1 - 0.5)), 0)
+        c1, r1 = min(int(np.floor(x2 - 0.5)) + 1, width), min(int(np.floor(y2 - 0.5)) + 1, height)
+        if c1 <= c0 or r1 <= r0:
+            continue
+        m = m_cv.copy()
+        m[:, 2] += m[:, 0] * c0 + m[:, 1] * r0
+        up = cv2.warpAffine(
+            masks[i].astype(np.float32),
+            m,
+            (c1 - c0, r1 - r0),
+            flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+            borderMode=cv2.BORDER_CONSTANT,
+        )
+        out[i, r0:r1, c0:c1] = up > 0.5
+    return out
+
+
+def to_detections(
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    masks: np.ndarray,
+    lb: Letterbox,
+    height: int,
+    width: int,
+    size: int,
+    conf: float,
+    class_names: list[str],
+) -> Detections:
+    """One image's fixed-size network output (input coordinates) -> Detections at the original size."""
+    keep = scores >= conf
+    b = lb.boxes_to_original(boxes[keep])
+    b[:, 0::2] = b[:, 0::2].clip(0, width)
+    b[:, 1::2] = b[:, 1::2].clip(0, height)
+    return Detections(
+        b,
+        scores[keep].astype(np.float32),
+        classes[keep].astype(np.int64),
+        masks_to_original(masks[keep], b, lb, height, width, size),
+        class_names,
+    )
