@@ -178,3 +178,17 @@ def test_collate_pads_dense_images(tmp_path):
     assert t["valid"].shape == (2, 500) and t["valid"][0].all() and not t["valid"][1].any()
     assert t["masks"].shape == (2, 500, 128, 128)
     assert int(t["heatmap"][0].eq(1).sum()) == 500  # every object has its own peak
+
+
+def test_downsample_crops_equals_full_resolution_average():
+    from tinyseg.data import transforms as T
+
+    rng = np.random.default_rng(0)
+    crops = []
+    for _ in range(20):
+        h, w = rng.integers(1, 40, 2)
+        x0, y0 = rng.integers(0, 280, 2)
+        crops.append(T.MaskCrop(int(x0), int(y0), (rng.random((h, w)) > 0.3).astype(np.uint8)))
+    for stride in (1, 2, 4):
+        full = T.downsample_masks(T.paste(crops, 320), stride)
+        assert np.array_equal(T.downsample_crops(crops, 320, stride), full)

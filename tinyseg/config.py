@@ -82,6 +82,8 @@ class TrainConfig:
     workers: int = 1
     seed: int = 0
     device: str = "cpu"
+    # Mixed precision where the hardware has it (fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX).
+    amp: bool = True
     # Validate every N epochs (and always at the end).
     val_interval: int = 5
     out: str = "runs/train"

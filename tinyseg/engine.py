@@ -68,6 +68,7 @@ def train_one_epoch(
     final_lr: float,
     grad_clip: float = 10.0,
     scaler=None,
+    amp: bool = False,
     epoch: int = 0,
     show_progress: bool = True,
 ) -> dict[str, float]:
@@ -77,7 +78,10 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = {}
     n_batches, n_images, t0 = 0, 0, time.perf_counter()
-    use_amp = scaler is not None
+    use_scaler = scaler is not None
+    # Mixed precision: fp16 + GradScaler on CUDA; bf16 (no scaler needed) on CPUs with native bf16 kernels.
+    amp_device = "cuda" if device.startswith("cuda") else "cpu"
+    amp_dtype = torch.float16 if amp_device == "cuda" else torch.bfloat16
     bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True)
     for images, targets in bar:
         p = progress_fn(n_batches)
@@ -89,7 +93,7 @@ def train_one_epoch(
         targets = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in targets.items()}
         if device == "cpu":
             images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
+        with torch.autocast(device_type=amp_device, dtype=amp_dtype, enabled=amp):
             outputs = model(images)
             losses = criterion(outputs, targets)
             loss = criterion.total(losses)
@@ -97,7 +101,7 @@ def train_one_epoch(
             detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
             raise NonFiniteLossError(f"non-finite loss in epoch {epoch} ({detail})")
         optimizer.zero_grad(set_to_none=True)
-        if use_amp:
+        if use_scaler:
             scaler.scale(loss).backward()
             scaler.unscale_(optimizer)
             nn.utils.clip_grad_norm_(model.parameters(), grad_clip)

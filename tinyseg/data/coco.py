@@ -280,7 +280,7 @@ class CocoDataset(Dataset):
             "labels": torch.from_numpy(labels[sel]),
             "boxes": torch.from_numpy(boxes[sel]),
             "centers": torch.from_numpy(tgt["centers"][sel]),
-            "masks": torch.from_numpy(T.downsample_masks(T.paste([crops[k] for k in sel], S), self.mask_stride)),
+            "masks": torch.from_numpy(T.downsample_crops([crops[k] for k in sel], S, self.mask_stride)),
             "image_id": rec.id,
             "orig_size": (rec.height, rec.width),
             "matrix": torch.from_numpy(m),

@@ -98,6 +98,24 @@ def paste(crops: list[MaskCrop], size: int) -> np.ndarray:
     return out
 
 
+def downsample_crops(crops: list[MaskCrop], size: int, stride: int) -> np.ndarray:
+    """Crops -> [N, size/stride, size/stride] uint8 0..255 area fractions, averaging only each crop's own
+    (stride-aligned) window: the cost follows the objects' size, not N x the image."""
+    g = size // stride
+    out = np.zeros((len(crops), g, g), np.uint8)
+    for i, c in enumerate(crops):
+        h, w = c.mask.shape
+        if not c.mask.size:
+            continue
+        gx0, gy0 = c.x0 // stride, c.y0 // stride
+        gx1, gy1 = -(-(c.x0 + w) // stride), -(-(c.y0 + h) // stride)
+        buf = np.zeros(((gy1 - gy0) * stride, (gx1 - gx0) * stride), np.float32)
+        buf[c.y0 - gy0 * stride : c.y0 - gy0 * stride + h, c.x0 - gx0 * stride : c.x0 - gx0 * stride + w] = c.mask
+        small = buf.reshape(gy1 - gy0, stride, gx1 - gx0, stride).mean((1, 3))
+        out[i, gy0:gy1, gx0:gx1] = np.round(small * 255).astype(np.uint8)
+    return out
+
+
 def crop_boxes(crops: list[MaskCrop]) -> tuple[np.ndarray, np.ndarray]:
     """Tight xyxy boxes [N, 4] (x2/y2 exclusive) and pixel counts [N] of crops."""
     boxes = np.zeros((len(crops), 4), np.float32)
