@@ -199,3 +199,44 @@ def test_export_command_verifies_itself(ckpt, synth, tmp_path, capsys):
     assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 8
     assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--int8"]) == 2
     assert "--int8 needs calibration images" in capsys.readouterr().err
+
+
+def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
+    md = tmp_path / "bench.md"
+    assert (
+        main(
+            [
+                "bench",
+                "--weights",
+                str(ckpt),
+                "--val",
+                str(synth / "val.json"),
+                "--imgsz",
+                "128",
+                "--backends",
+                "onnxruntime",
+                "--threads",
+                "1",
+                "--runs",
+                "3",
+                "--calib-num",
+                "8",
+                "--max-det",
+                "20",
+                "--out",
+                str(tmp_path / "b"),
+                "--markdown",
+                str(md),
+                "--json",
+                str(tmp_path / "b.json"),
+            ]
+        )
+        == 0
+    )
+    res = json.loads((tmp_path / "b.json").read_text())
+    zoo = res["zoo"]
+    assert {"mask_ap_fp32", "box_ap_fp32", "mask_ap_int8", "box_ap_int8", "fp32_mb", "int8_mb", "gflops"} <= set(zoo)
+    assert zoo["int8_mb"] < zoo["fp32_mb"]
+    assert [(r["precision"], r["threads"]) for r in res["latency"]] == [("fp32", 1), ("int8", 1)]
+    assert all(r["median_ms"] > 0 and 0 < r["peak_mb"] < 2000 for r in res["latency"])
+    assert "| backend | precision | threads |" in md.read_text()

@@ -36,8 +36,19 @@ def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dic
         t = time.perf_counter()
         pred.predict(img, conf=0.3)
         times.append((time.perf_counter() - t) * 1000)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "peak_mb": peak_mb}
+    return {"median_ms": float(np.median(times)), "p90_ms": float(np.percentile(times, 90)), "peak_mb": peak_rss_mb()}
+
+
+def peak_rss_mb() -> float:
+    """This process's resident-memory high-water mark. VmHWM, not ru_maxrss: on Linux ru_maxrss survives
+    exec, so a worker started from a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _measure(model: Path | str, backend: str, threads: int, runs: int, image: str) -> dict:
