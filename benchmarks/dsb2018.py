@@ -57,7 +57,6 @@ def main() -> int:
     cfg.data.train, cfg.data.val, cfg.data.imgsz = str(data / "train.json"), str(data / "val.json"), 320
     cfg.train.time, cfg.train.out, cfg.train.val_interval = a.minutes, a.out, 10
     apply_overrides(cfg, a.set)
-    params, gflops = 0, 0.0
     t0 = time.perf_counter()
     summary = train(cfg)
     wall = (time.perf_counter() - t0) / 60

@@ -176,7 +176,7 @@ def _tiny_cfg() -> Config:
 def test_training_lowers_loss_and_overfits_masks(synth):
     """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8)."""
     from tinyseg.data.transforms import Letterbox
-    from tinyseg.predict import detections_from_output
+    from tinyseg.results import to_detections
 
     torch.manual_seed(0)
     data = load_coco(synth / "train.json")
@@ -201,7 +201,19 @@ def test_training_lowers_loss_and_overfits_masks(synth):
         det = postprocess(m(images), m.mask, m.stride, 20)
     ious = []
     for i, rec in enumerate(data.images):
-        d = detections_from_output(det, i, Letterbox(1.0, 0.0, 0.0), 128, 128, 128, 0.3, data.class_names)
+        o = {k: v[i].float().numpy() for k, v in det.items()}
+        d = to_detections(
+            o["boxes"],
+            o["scores"],
+            o["classes"],
+            o["masks"],
+            Letterbox(1.0, 0.0, 0.0),
+            128,
+            128,
+            128,
+            0.3,
+            data.class_names,
+        )
         gt = t["masks"][i][t["valid"][i]]
         from tinyseg.data.coco import decode_masks
 

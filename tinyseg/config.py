@@ -82,8 +82,11 @@ class TrainConfig:
     workers: int = 1
     seed: int = 0
     device: str = "cpu"
-    # Mixed precision where the hardware has it (fp16 on CUDA, bf16 on CPUs with AVX512-BF16/AMX).
+    # fp16 mixed precision on CUDA.
     amp: bool = True
+    # bf16 autocast on CPUs with native bf16: steps are ~1.4x faster here, but in the 12-minute demo budget it
+    # reached mask AP 0.154 against 0.210 in fp32 (coarser gradients cost more than the extra steps give).
+    cpu_bf16: bool = False
     # Validate every N epochs (and always at the end).
     val_interval: int = 5
     out: str = "runs/train"

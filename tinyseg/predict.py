@@ -1,4 +1,4 @@
-"""PyTorch inference: checkpoints, the `Segmenter` API, and mapping detections back to the original image.
+"""PyTorch inference: checkpoints and the `Segmenter` API (mapping back to the image is in results.py).
 
 seg = Segmenter.load("runs/demo/best.pt")
 det = seg.predict("image.png")          # or an RGB uint8 array
@@ -65,28 +65,6 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[
     return model.eval(), cfg
 
 
-def detections_from_output(
-    det: dict[str, torch.Tensor],
-    i: int,
-    lb: Letterbox,
-    height: int,
-    width: int,
-    size: int,
-    conf: float,
-    class_names: list[str],
-) -> Detections:
-    """Image i of a batched postprocess() output -> Detections at the original size, scores >= conf."""
-    return to_detections(
-        *(det[k][i].float().cpu().numpy() for k in ("boxes", "scores", "classes", "masks")),
-        lb,
-        height,
-        width,
-        size,
-        conf,
-        class_names,
-    )
-
-
 def torch_runner(model: TinySeg, device: str = "cpu", max_det: int = 100):
     """A PyTorch model as a graph-like callable: letterboxed uint8 [B, 3, S, S] numpy -> dict of numpy outputs,
     the same contract as an exported graph (see export.py), so one evaluator serves every backend."""
@@ -118,18 +96,23 @@ class Segmenter:
         """Letterboxed uint8 numpy [B, 3, S, S] -> {boxes, scores, classes, masks} numpy (graph contract)."""
         return torch_runner(self.model, self.device, max_det or self.cfg.model.max_det)(images)
 
-    @torch.no_grad()
-    def infer(self, images: torch.Tensor, max_det: int | None = None) -> dict[str, torch.Tensor]:
-        """Letterboxed uint8 batch [B, 3, S, S] -> postprocess() output in network-input coordinates."""
-        out = self.model(images.to(self.device))
-        return postprocess(out, self.model.mask, self.model.stride, max_det or self.cfg.model.max_det)
-
     def predict(self, image: str | Path | np.ndarray, conf: float = 0.3, max_det: int | None = None) -> Detections:
         img = read_image(image) if isinstance(image, str | Path) else image
         if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
             raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {img.dtype} {img.shape}")
         h, w = img.shape[:2]
         lb = Letterbox.fit(h, w, self.imgsz)
-        x = torch.from_numpy(warp_image(img, lb.matrix(), self.imgsz)).permute(2, 0, 1)[None]
-        det = self.infer(x, max_det)
-        return detections_from_output(det, 0, lb, h, w, self.imgsz, conf, self.class_names)
+        x = np.ascontiguousarray(warp_image(img, lb.matrix(), self.imgsz).transpose(2, 0, 1)[None])
+        out = self.run(x, max_det)
+        return to_detections(
+            out["boxes"][0],
+            out["scores"][0],
+            out["classes"][0],
+            out["masks"][0],
+            lb,
+            h,
+            w,
+            self.imgsz,
+            conf,
+            self.class_names,
+        )
