@@ -15,10 +15,9 @@ import torch
 
 from tinyseg.config import Config, ConfigError
 from tinyseg.data.coco import read_image
-from tinyseg.data.transforms import Letterbox, warp_image
 from tinyseg.models.detector import TinySeg, build_model
 from tinyseg.models.postprocess import postprocess
-from tinyseg.results import Detections, to_detections
+from tinyseg.results import Detections, predict_image
 
 CHECKPOINT_FORMAT = "tinyseg/1"
 
@@ -98,21 +97,4 @@ class Segmenter:
 
     def predict(self, image: str | Path | np.ndarray, conf: float = 0.3, max_det: int | None = None) -> Detections:
         img = read_image(image) if isinstance(image, str | Path) else image
-        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {img.dtype} {img.shape}")
-        h, w = img.shape[:2]
-        lb = Letterbox.fit(h, w, self.imgsz)
-        x = np.ascontiguousarray(warp_image(img, lb.matrix(), self.imgsz).transpose(2, 0, 1)[None])
-        out = self.run(x, max_det)
-        return to_detections(
-            out["boxes"][0],
-            out["scores"][0],
-            out["classes"][0],
-            out["masks"][0],
-            lb,
-            h,
-            w,
-            self.imgsz,
-            conf,
-            self.class_names,
-        )
+        return predict_image(lambda x: self.run(x, max_det), img, self.imgsz, conf, self.class_names)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tinyseg.data.transforms import Letterbox, opencv_matrix
+from tinyseg.data.transforms import Letterbox, opencv_matrix, warp_image
 
 
 @dataclass
@@ -84,4 +84,17 @@ def to_detections(
         classes[keep].astype(np.int64),
         masks_to_original(masks[keep], b, lb, height, width, size),
         class_names,
+    )
+
+
+def predict_image(run, image: np.ndarray, size: int, conf: float, class_names: list[str]) -> Detections:
+    """One RGB uint8 image [H, W, 3] through a graph-like `run` (letterboxed uint8 [1, 3, S, S] -> outputs):
+    letterbox in, Detections at the original size out. Shared by the PyTorch and the edge predictors."""
+    if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {getattr(image, 'shape', type(image))}")
+    h, w = image.shape[:2]
+    lb = Letterbox.fit(h, w, size)
+    out = run(np.ascontiguousarray(warp_image(image, lb.matrix(), size).transpose(2, 0, 1)[None]))
+    return to_detections(
+        out["boxes"][0], out["scores"][0], out["classes"][0], out["masks"][0], lb, h, w, size, conf, class_names
     )

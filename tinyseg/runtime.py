@@ -14,8 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tinyseg.data.transforms import Letterbox, warp_image
-from tinyseg.results import Detections, to_detections
+from tinyseg.results import Detections, predict_image
 
 BACKENDS = ("onnxruntime", "openvino")
 
@@ -118,21 +117,4 @@ class EdgeSegmenter:
 
     def predict(self, image: np.ndarray, conf: float = 0.3) -> Detections:
         """RGB uint8 [H, W, 3] -> Detections at the original size with scores >= conf."""
-        if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {getattr(image, 'shape', type(image))}")
-        h, w = image.shape[:2]
-        lb = Letterbox.fit(h, w, self.imgsz)
-        x = warp_image(image, lb.matrix(), self.imgsz).transpose(2, 0, 1)[None]
-        out = self.run(np.ascontiguousarray(x))
-        return to_detections(
-            out["boxes"][0],
-            out["scores"][0],
-            out["classes"][0],
-            out["masks"][0],
-            lb,
-            h,
-            w,
-            self.imgsz,
-            conf,
-            self.class_names,
-        )
+        return predict_image(self.run, image, self.imgsz, conf, self.class_names)

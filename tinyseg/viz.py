@@ -82,7 +82,8 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
             a2.plot(*zip(*pts), marker="o", label=label)
     a2.set(xlabel="epoch", ylabel="AP (COCO, IoU .50:.95)", title="validation", ylim=(0, 1))
     a2.grid(alpha=0.3)
-    a2.legend()
+    if a2.get_lines():
+        a2.legend()
     fig.tight_layout()
     tmp = Path(path).with_name(".tmp-" + Path(path).name)
     fig.savefig(tmp, dpi=90, format="png")
