@@ -35,6 +35,24 @@ def write_coco(
     return path
 
 
+def grid_rectangles(n: int, cols: int, step_x: int, step_y: int, w: int, h: int, offset: int) -> list[dict]:
+    """n rectangle polygon annotations (image 1, category 1) laid out on a grid: a dense image of known objects."""
+    anns = []
+    for k in range(n):
+        y, x = divmod(k, cols)
+        x0, y0 = x * step_x + offset, y * step_y + offset
+        anns.append(
+            {
+                "id": k + 1,
+                "image_id": 1,
+                "category_id": 1,
+                "iscrowd": 0,
+                "segmentation": [[x0, y0, x0 + w, y0, x0 + w, y0 + h, x0, y0 + h]],
+            }
+        )
+    return anns
+
+
 def write_png(path: Path, h: int = 32, w: int = 32, mode: str = "RGB") -> None:
     from PIL import Image
 

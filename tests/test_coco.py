@@ -7,7 +7,7 @@ from tinyseg.config import DataConfig
 from tinyseg.data.coco import CocoDataset, DatasetError, DatasetWarning, collate, load_coco, read_image
 from tinyseg.data.transforms import masks_to_boxes
 
-from .conftest import write_coco, write_png
+from .conftest import grid_rectangles, write_coco, write_png
 
 SQUARE = [4.0, 4.0, 20.0, 4.0, 20.0, 20.0, 4.0, 20.0]
 
@@ -157,19 +157,7 @@ def test_collate_pads_dense_images(tmp_path):
     """500 instances in one image, 0 in another: padded with a valid flag."""
     write_png(tmp_path / "a.png", 256, 256)
     write_png(tmp_path / "b.png", 256, 256)
-    anns = []
-    for k in range(500):
-        y, x = divmod(k, 25)
-        x0, y0 = x * 10 + 1, y * 12 + 1
-        anns.append(
-            {
-                "id": k + 1,
-                "image_id": 1,
-                "category_id": 1,
-                "iscrowd": 0,
-                "segmentation": [[x0, y0, x0 + 7, y0, x0 + 7, y0 + 9, x0, y0 + 9]],
-            }
-        )
+    anns = grid_rectangles(500, 25, 10, 12, 7, 9, 1)
     data = load_coco(write_coco(tmp_path, [_img(1, "a.png", 256, 256), _img(2, "b.png", 256, 256)], anns))
     dc = DataConfig(imgsz=256)
     ds = CocoDataset(data, 256, train=False, max_mask_instances=dc.max_mask_instances)

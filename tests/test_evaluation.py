@@ -8,7 +8,7 @@ from tinyseg.data.coco import decode_masks, load_coco
 from tinyseg.data.transforms import masks_to_boxes
 from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth, write_json
 
-from .conftest import write_coco, write_png
+from .conftest import grid_rectangles, write_coco, write_png
 
 
 def _gt_results(data, shift: int = 0, shrink: int = 0):
@@ -53,19 +53,7 @@ def test_known_lower_value_for_shifted_boxes(tmp_path):
 def test_max_dets_matters_for_dense_images(tmp_path):
     """150 objects in one image: with maxDets=100 at most 100 can be found; AP is read at the largest maxDets."""
     write_png(tmp_path / "a.png", 200, 200)
-    anns = []
-    for k in range(150):
-        y, x = divmod(k, 15)
-        x0, y0 = x * 13 + 2, y * 19 + 2
-        anns.append(
-            {
-                "id": k + 1,
-                "image_id": 1,
-                "category_id": 1,
-                "iscrowd": 0,
-                "segmentation": [[x0, y0, x0 + 9, y0, x0 + 9, y0 + 9, x0, y0 + 9]],
-            }
-        )
+    anns = grid_rectangles(150, 15, 13, 19, 9, 9, 2)
     data = load_coco(write_coco(tmp_path, [{"id": 1, "file_name": "a.png", "height": 200, "width": 200}], anns))
     res = _gt_results(data)
     assert coco_evaluate(ground_truth(data), res, max_dets=500)["mask_ap"] == pytest.approx(1.0)
