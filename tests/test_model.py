@@ -10,7 +10,7 @@ from tinyseg.config import Config, preset
 from tinyseg.data.coco import CocoDataset, collate, load_coco
 from tinyseg.losses import Criterion, focal_loss, giou_loss, mask_losses
 from tinyseg.models.detector import build_model
-from tinyseg.models.postprocess import find_peaks, postprocess
+from tinyseg.models.postprocess import BOX_SCALE, find_peaks, postprocess
 from tinyseg.targets import build_targets
 
 
@@ -21,12 +21,12 @@ def test_head_shapes(name):
     m = build_model(cfg).eval()
     with torch.no_grad():
         out = m(torch.zeros(2, 3, 128, 128, dtype=torch.uint8))
-    assert out["heatmap"].shape == (2, 5, 32, 32)
-    assert out["box"].shape == (2, 4, 32, 32) and (out["box"] >= 0).all()
+    assert out["heatmap"].shape == (2, 1, 32, 32) and out["classes"].shape == (2, 5, 32, 32)
+    assert out["box"].shape == (2, 4, 32, 32)
     assert out["mask_params"].shape == (2, cfg.num_prototypes, 32, 32)
     assert out["mask_features"].shape == (2, cfg.num_prototypes, 64, 64)
     assert m.backbone.strides == (2, 4, 8, 16, 32) and set(m.backbone.channels) == {2, 4, 8, 16, 32}
-    det = postprocess(out, m.mask, m.stride, 20)
+    det = postprocess(out, m.mask, m.classifier, m.stride, 20)
     assert det["boxes"].shape == (2, 20, 4) and det["masks"].shape == (2, 20, 64, 64)
 
 
@@ -39,17 +39,17 @@ def test_nano_budget():
     m = build_model(cfg).eval()
     assert sum(p.numel() for p in m.parameters()) <= 1.5e6
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        postprocess(m(torch.zeros(1, 3, 320, 320)), m.mask, m.stride, 100)
+        m.detect(torch.zeros(1, 3, 320, 320), 100)
     assert fc.get_total_flops() <= 1.5e9
 
 
 def test_targets_for_known_boxes():
     boxes = np.array([[8, 8, 24, 40], [60, 60, 68, 68]], np.float32)  # 16x32 and 8x8 px
-    t = build_targets(np.array([0, 2]), boxes, 3, 80, 4)
+    t = build_targets(np.array([0, 2]), boxes, 80, 4)
     heat = t["heatmap"]
-    assert heat.shape == (3, 20, 20)
-    assert heat[0, 6, 4] == 1.0 and heat[2, 16, 16] == 1.0  # centre cells: (16/4, 24/4) and (64/4, 64/4)
-    assert heat[1].max() == 0 and heat.max() == 1 and int((heat == 1).sum()) == 2
+    assert heat.shape == (1, 20, 20)
+    assert heat[0, 6, 4] == 1.0 and heat[0, 16, 16] == 1.0  # centre cells: (16/4, 24/4) and (64/4, 64/4)
+    assert heat.max() == 1 and int((heat == 1).sum()) == 2
     assert heat[0, 8, 4] < 1 and heat[0, 8, 4] > heat[0, 6, 6]  # elongated: wider along y than x
     assert t["centers"].tolist() == [6 * 20 + 4, 16 * 20 + 16]
     assert np.allclose(t["box"][:, 6, 4], boxes[0]) and np.allclose(t["box"][:, 16, 16], boxes[1])
@@ -102,7 +102,7 @@ def _batch(n_objects: int, size: int = 64, num_classes: int = 2):
             masks[k, y : y + 6, x : x + 6] = 1
             boxes[k] = (x, y, x + 6, y + 6)
         labels = np.arange(n) % num_classes
-        t = build_targets(labels, boxes, num_classes, size, 4)
+        t = build_targets(labels, boxes, size, 4)
         targets.append(
             {
                 "heatmap": torch.from_numpy(t["heatmap"]),
@@ -128,42 +128,68 @@ def test_criterion_on_empty_single_and_dense_images(n):
     cfg.num_classes = 2
     m = build_model(cfg)
     images, t = _batch(min(n, (size // 8) ** 2 * 2), size)
-    crit = Criterion(m.mask, m.stride)
+    crit = Criterion(m)
     losses = crit(m(images), t)
-    assert set(losses) == {"heatmap", "box", "mask_bce", "mask_dice"}
+    assert set(losses) == {"heatmap", "class", "box", "mask_bce", "mask_dice"}
     total = crit.total(losses)
     assert torch.isfinite(total)
     total.backward()
     if n == 0:
-        assert losses["box"].item() == 0 and losses["mask_bce"].item() == 0
+        assert losses["box"].item() == 0 and losses["class"].item() == 0 and losses["mask_bce"].item() == 0
     else:
-        assert losses["box"].item() > 0 and losses["mask_dice"].item() > 0
+        assert losses["box"].item() > 0 and losses["class"].item() > 0 and losses["mask_dice"].item() > 0
 
 
 def test_postprocess_planted_peaks():
-    heat = torch.full((1, 3, 16, 16), -10.0)
-    heat[0, 1, 4, 5] = 3.0  # class 1 at cell (x=5, y=4)
-    heat[0, 1, 4, 6] = 2.0  # its neighbour: suppressed by the 3x3 max-pool
-    heat[0, 2, 10, 12] = 1.0  # class 2 at (12, 10)
+    heat = torch.full((1, 1, 16, 16), -10.0)
+    heat[0, 0, 4, 5] = 3.0  # an object centre at cell (x=5, y=4)
+    heat[0, 0, 4, 6] = 2.0  # its neighbour: suppressed by the 3x3 max-pool
+    heat[0, 0, 10, 12] = 1.0  # another at (12, 10)
+    classes = torch.zeros(1, 3, 16, 16)
+    classes[0, 1, 4, 5] = 20.0  # class 1, certain
+    classes[0, 2, 10, 12] = 20.0  # class 2, certain
     box = torch.zeros(1, 4, 16, 16)
-    box[0, :, 4, 5] = torch.tensor([6.0, 2.0, 6.0, 2.0])
+    box[0, :, 4, 5] = torch.log(torch.expm1(torch.tensor([6.0, 2.0, 6.0, 2.0]) / BOX_SCALE))  # ltrb 6, 2, 6, 2 px
     params = torch.zeros(1, 2, 16, 16)
     params[0, 0, 4, 5] = 1.0
     feats = torch.stack([torch.full((32, 32), 10.0), torch.zeros(32, 32)])[None]
-    out = {"heatmap": heat, "box": box, "mask_params": params, "mask_features": feats}
+    out = {"heatmap": heat, "classes": classes, "box": box, "mask_params": params, "mask_features": feats}
+    from tinyseg.models.heads import ShapeClassifier
     from tinyseg.models.masks import PrototypeMasks
 
-    det = postprocess(out, PrototypeMasks(8, 4, 8, 2), stride=4, max_det=3)
+    classifier = ShapeClassifier(3)
+    torch.nn.init.zeros_(classifier.mlp[-1].weight)  # shape logits = bias = 0: the class is the appearance one
+    torch.nn.init.zeros_(classifier.mlp[-1].bias)
+    det = postprocess(out, PrototypeMasks(8, 4, 8, 2), classifier, stride=4, max_det=3)
     assert det["classes"][0, :2].tolist() == [1, 2]
-    assert det["scores"][0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item())
+    assert det["scores"][0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item(), rel=1e-6)
     assert det["scores"][0, 2].item() < 1e-3  # the suppressed neighbour is not a detection
     # cell centre (5.5*4, 4.5*4) = (22, 18) -> box (16, 16, 28, 20)
     assert det["boxes"][0, 0].tolist() == pytest.approx([16.0, 16.0, 28.0, 20.0])
     m = det["masks"][0, 0]
     assert m[9, 11].item() == pytest.approx(torch.sigmoid(torch.tensor(10.0)).item())  # inside the box
     assert m[0, 0].item() == 0  # outside: cropped
-    scores, classes, pos = find_peaks(heat, 2)
+    objectness, pos = find_peaks(heat, 2)
     assert pos.tolist() == [[4 * 16 + 5, 10 * 16 + 12]]
+    # An uncertain class: score = P(object) * P(class).
+    classes[0, :, 4, 5] = torch.tensor([0.0, 0.0, -20.0])
+    det = postprocess(out, PrototypeMasks(8, 4, 8, 2), classifier, stride=4, max_det=3)
+    assert det["scores"][0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item() / 2, rel=1e-5)
+
+
+def test_shape_classifier_silhouettes():
+    """A mask resampled into its box: a filled box -> all ones; the left half -> left half of the grid, whatever
+    the box size (area-averaging weights, up- and downsampling)."""
+    from tinyseg.models.heads import ShapeClassifier
+
+    clf = ShapeClassifier(2, grid=4)
+    masks = torch.zeros(1, 2, 40, 40)
+    masks[0, 0, 10:20, 8:16] = 1  # 8x10 cells = 16x20 px at stride 2, box (16, 20, 32, 40)
+    masks[0, 1, 0:40, 0:20] = 1  # left half of a 80x80 px box
+    boxes = torch.tensor([[[16.0, 20.0, 32.0, 40.0], [0.0, 0.0, 80.0, 80.0]]])
+    sil = clf.silhouettes(masks, boxes, 2).reshape(2, 4, 4)
+    assert torch.allclose(sil[0], torch.ones(4, 4))
+    assert torch.allclose(sil[1][:, :2], torch.ones(4, 2)) and torch.allclose(sil[1][:, 2:], torch.zeros(4, 2))
 
 
 def _tiny_cfg() -> Config:
@@ -186,7 +212,7 @@ def test_training_lowers_loss_and_overfits_masks(synth):
     ds = CocoDataset(data, 128, train=False)
     images, t = collate([ds[i] for i in range(len(ds))])
     m = build_model(cfg.model)
-    crit = Criterion(m.mask, m.stride)
+    crit = Criterion(m)
     opt = torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0)
     first = None
     for _ in range(150):
@@ -198,7 +224,7 @@ def test_training_lowers_loss_and_overfits_masks(synth):
     assert loss.item() < 0.3 * first
     m.train()  # BN in batch mode: we test the fit, not the running statistics of 150 steps
     with torch.no_grad():
-        det = postprocess(m(images), m.mask, m.stride, 20)
+        det = m.detect(images, 20)
     ious = []
     for i, rec in enumerate(data.images):
         o = {k: v[i].float().numpy() for k, v in det.items()}

@@ -66,7 +66,6 @@ def run_bench(a) -> dict:
     from tinyseg.data.coco import CocoDataset, load_coco
     from tinyseg.engine import evaluate
     from tinyseg.export import calibration_images, export_onnx, export_openvino, quantize_onnx, quantize_openvino
-    from tinyseg.models.postprocess import postprocess
     from tinyseg.predict import Segmenter
     from tinyseg.runtime import EdgeSegmenter
 
@@ -80,7 +79,7 @@ def run_bench(a) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     m = seg.model
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        postprocess(m(torch.zeros(1, 3, a.imgsz, a.imgsz)), m.mask, m.stride, a.max_det)
+        m.detect(torch.zeros(1, 3, a.imgsz, a.imgsz), a.max_det)
     row: dict = {
         "model": Path(a.weights).stem,
         "imgsz": a.imgsz,

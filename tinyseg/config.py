@@ -28,6 +28,9 @@ class ModelConfig:
     depths: tuple[int, ...] = (1, 2, 2, 3, 2)
     # Expansion ratio of the inverted residuals (MobileNetV2 uses 6; 4 trains faster on a CPU at equal accuracy here).
     expand: int = 4
+    # Stages 1..fused start with a Fused-MBConv block (one strided full 3x3 conv instead of 1x1 expand at the
+    # higher resolution + strided depthwise).
+    fused: int = 0
     # Channels of the fused stride-4 map that feeds every head.
     neck_channels: int = 48
     # Channels inside each head tower.
@@ -92,6 +95,7 @@ class TrainConfig:
     out: str = "runs/train"
     # Loss weights.
     heatmap_weight: float = 1.0
+    class_weight: float = 1.0
     box_weight: float = 2.0
     mask_weight: float = 2.0
 

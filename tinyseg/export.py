@@ -25,7 +25,6 @@ import torch
 from torch import nn
 
 from tinyseg.data.transforms import Letterbox, warp_image
-from tinyseg.models.postprocess import postprocess
 from tinyseg.predict import Segmenter
 
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
@@ -43,7 +42,7 @@ class ExportGraph(nn.Module):
         self.model, self.max_det = seg.model, max_det
 
     def forward(self, images: torch.Tensor):
-        det = postprocess(self.model(images), self.model.mask, self.model.stride, self.max_det)
+        det = self.model.detect(images, self.max_det)
         return tuple(det[k] for k in OUTPUT_NAMES)
 
 
@@ -162,12 +161,13 @@ def calibration_images(source: str, images_dir: str | None, size: int, num: int)
 
 def tail_nodes(onnx_path: Path) -> list[str]:
     """Names of the nodes that decode detections (everything outside the network proper) plus the heads'
-    output convs: kept in float by INT8 quantization, since scores, box distances and mask coefficients
-    feed exact comparisons (peak == max), TopK and a MatMul whose errors show straight in the masks."""
+    output convs and the shape classifier: kept in float by INT8 quantization, since scores, box distances and
+    mask coefficients feed exact comparisons (peak == max), TopK and a MatMul whose errors show straight in the
+    masks; the classifier is a few hundred FLOPs per detection."""
     import onnx
 
     m = onnx.load(str(onnx_path))
-    keep_float = ("/heatmap/out/", "/box/out/", "/coefficients/out/", "/mask/coarse/", "/mask/fine/")
+    keep_float = ("/heatmap/out/", "/box/out/", "/coefficients/out/", "/mask/coarse/", "/mask/fine/", "/classifier/")
     return [n.name for n in m.graph.node if not n.name.startswith("/model/") or any(k in n.name for k in keep_float)]
 
 

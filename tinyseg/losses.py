@@ -1,4 +1,5 @@
-"""Losses: CenterNet focal loss on the heatmap, Gaussian-weighted GIoU on boxes, BCE + dice on masks.
+"""Losses: CenterNet focal loss on the centre heatmap, Gaussian-weighted GIoU on boxes, BCE + dice on masks,
+cross-entropy on the class of each object (appearance at its centre + shape of its mask).
 
 `Criterion.forward` returns named, *unweighted* losses; `Criterion.weights` says how they add up (DETR style).
 """
@@ -67,16 +68,21 @@ def mask_losses(
 class Criterion(nn.Module):
     def __init__(
         self,
-        mask_head: nn.Module,
-        stride: int,
+        model: nn.Module,
         heatmap_weight: float = 1.0,
+        class_weight: float = 1.0,
         box_weight: float = 2.0,
         mask_weight: float = 2.0,
     ):
         super().__init__()
-        self.mask_head = mask_head
-        self.stride = stride
-        self.weights = {"heatmap": heatmap_weight, "box": box_weight, "mask_bce": mask_weight, "mask_dice": mask_weight}
+        self.mask_head, self.classifier, self.stride = model.mask, model.classifier, model.stride
+        self.weights = {
+            "heatmap": heatmap_weight,
+            "class": class_weight,
+            "box": box_weight,
+            "mask_bce": mask_weight,
+            "mask_dice": mask_weight,
+        }
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         heat = outputs["heatmap"]
@@ -87,12 +93,12 @@ class Criterion(nn.Module):
         # Boxes: every cell with a positive weight regresses its object's box.
         weight = targets["box_weight"].reshape(-1)
         idx = weight.nonzero().squeeze(1)
-        ltrb = outputs["box"].float().permute(0, 2, 3, 1).reshape(-1, 4)[idx]
+        wsel = weight[idx]
+        raw = outputs["box"].float().permute(0, 2, 3, 1).reshape(-1, 4)[idx]
         cells = idx % (h * w)
         centers = torch.stack([cells % w, cells // w], -1).float()
-        pred = decode_boxes(ltrb, centers, self.stride, size)
+        pred = decode_boxes(raw, centers, self.stride, size)
         tgt = targets["box"].permute(0, 2, 3, 1).reshape(-1, 4)[idx]
-        wsel = weight[idx]
         losses["box"] = (giou_loss(pred, tgt) * wsel).sum() / wsel.sum().clamp(min=1e-6)
 
         # Masks: read the mask parameters at each object's centre cell, assemble, compare inside the box.
@@ -102,7 +108,21 @@ class Criterion(nn.Module):
         mh, mw = logits.shape[-2:]
         crop = box_crop(targets["boxes"], mh, mw, size // mh, margin=2.0)
         target_masks = targets["masks"].float() / 255
-        losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target_masks, crop, targets["valid"])
+        valid = targets["valid"]
+        losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target_masks, crop, valid)
+
+        # Classes: from the true mask in the true box (clean, fast to learn) and from the predicted mask in the
+        # predicted box (exactly what inference sees; detached so the class loss does not bend masks or boxes),
+        # each with the appearance logits at the centre.
+        appearance = gather(outputs["classes"].float(), pos)
+        boxes = decode_boxes(gather(outputs["box"].float(), pos), cell_centers(pos, w), self.stride, size).detach()
+        predicted = logits.detach().float().sigmoid() * box_crop(boxes, mh, mw, size // mh, margin=2.0)
+        v = valid.float()
+        ce = 0
+        for m, b in ((target_masks, targets["boxes"]), (predicted, boxes)):
+            cls = self.classifier(appearance, m, b, size // mh)
+            ce = ce + F.cross_entropy(cls.flatten(0, 1), targets["labels"].flatten(), reduction="none")
+        losses["class"] = (ce.reshape(v.shape) * v).sum() / (2 * v.sum().clamp(min=1))
         return losses
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:

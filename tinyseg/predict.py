@@ -16,10 +16,9 @@ import torch
 from tinyseg.config import Config, ConfigError
 from tinyseg.data.coco import read_image
 from tinyseg.models.detector import TinySeg, build_model
-from tinyseg.models.postprocess import postprocess
 from tinyseg.results import Detections, predict_image
 
-CHECKPOINT_FORMAT = "tinyseg/1"
+CHECKPOINT_FORMAT = "tinyseg/2"
 
 
 class CheckpointError(ValueError):
@@ -71,7 +70,7 @@ def torch_runner(model: TinySeg, device: str = "cpu", max_det: int = 100):
     @torch.no_grad()
     def run(images: np.ndarray) -> dict[str, np.ndarray]:
         model.eval()
-        det = postprocess(model(torch.from_numpy(images).to(device)), model.mask, model.stride, max_det)
+        det = model.detect(torch.from_numpy(images).to(device), max_det)
         return {k: v.float().cpu().numpy() if v.is_floating_point() else v.cpu().numpy() for k, v in det.items()}
 
     return run

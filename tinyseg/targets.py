@@ -1,7 +1,9 @@
 """Training targets on the stride-`s` output grid, built in numpy inside the data workers.
 
-- heatmap [C, h, w]: an elliptical Gaussian per object at its box centre, sigma = alpha * size / 6 (TTFNet),
-  so the focal loss sees elongated objects as elongated.
+- heatmap [1, h, w]: class-agnostic "there is an object centre here": an elliptical Gaussian per object at its
+  box centre, sigma = alpha * size / 6 (TTFNet), so the focal loss sees elongated objects as elongated.
+  The class is not part of the heatmap: objectness learns from every object in one channel, and the class is
+  predicted per detection (see heads.ShapeClassifier).
 - box [4, h, w] + box_weight [h, w]: every cell inside an object's Gaussian (and box) regresses that object's
   box (TTFNet's Gaussian-weighted GIoU). Many training samples per object instead of one makes box training
   converge several times faster, which matters on a CPU budget. Each object's weights sum to log(area) so
@@ -28,10 +30,10 @@ def gaussian_window(cx: int, cy: int, sx: float, sy: float, h: int, w: int):
     return slice(y0, y1), slice(x0, x1), g
 
 
-def build_targets(labels: np.ndarray, boxes: np.ndarray, num_classes: int, size: int, stride: int) -> dict:
+def build_targets(labels: np.ndarray, boxes: np.ndarray, size: int, stride: int) -> dict:
     """labels [N] int, boxes [N, 4] xyxy in input pixels -> dense targets on the (size/stride)^2 grid."""
     h = w = size // stride
-    heat = np.zeros((num_classes, h, w), np.float32)
+    heat = np.zeros((1, h, w), np.float32)
     box_t = np.zeros((4, h, w), np.float32)
     box_w = np.zeros((h, w), np.float32)
     centers = np.zeros(len(labels), np.int64)
@@ -44,7 +46,7 @@ def build_targets(labels: np.ndarray, boxes: np.ndarray, num_classes: int, size:
         sx = max(GAUSSIAN_ALPHA * (x2 - x1) / 6, MIN_SIGMA)
         sy = max(GAUSSIAN_ALPHA * (y2 - y1) / 6, MIN_SIGMA)
         ys, xs, g = gaussian_window(cx, cy, sx, sy, h, w)
-        hm = heat[labels[i], ys, xs]
+        hm = heat[0, ys, xs]
         np.maximum(hm, g, out=hm)
         # Box samples: cells of the Gaussian whose centre lies inside the box (plus the centre cell itself).
         gx = (np.arange(xs.start, xs.stop) + 0.5)[None, :]

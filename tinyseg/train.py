@@ -78,7 +78,13 @@ def train(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     model = build_model(cfg.model).to(device)
     if device == "cpu":
         model = model.to(memory_format=torch.channels_last)  # ~15% faster convs on CPU (oneDNN)
-    criterion = Criterion(model.mask, model.stride, tc.heatmap_weight, tc.box_weight, tc.mask_weight)
+    criterion = Criterion(
+        model,
+        heatmap_weight=tc.heatmap_weight,
+        class_weight=tc.class_weight,
+        box_weight=tc.box_weight,
+        mask_weight=tc.mask_weight,
+    )
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=(0.9, 0.99))
     ema = ModelEMA(model, tc.ema_decay)
     amp = tc.amp and amp_supported(device, tc.cpu_bf16)

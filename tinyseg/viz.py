@@ -71,7 +71,7 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
 
     fig, (a1, a2) = plt.subplots(1, 2, figsize=(11, 4))
     ep = [r["epoch"] for r in history]
-    for k in ("loss", "heatmap", "box", "mask_bce", "mask_dice"):
+    for k in ("loss", "heatmap", "class", "box", "mask_bce", "mask_dice"):
         if any(k in r for r in history):
             a1.plot(ep, [r.get(k, np.nan) for r in history], label=k, marker="." if len(ep) < 30 else None)
     a1.set(xlabel="epoch", ylabel="training loss", title="losses", yscale="log")

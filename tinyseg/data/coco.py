@@ -261,7 +261,7 @@ class CocoDataset(Dataset):
         keep = np.flatnonzero(areas >= self.min_pixels)
         crops, boxes = [crops[k] for k in keep], boxes[keep]
         labels = np.asarray(rec.labels, np.int64)[keep]
-        tgt = build_targets(labels, boxes, self.data.num_classes, S, self.stride)
+        tgt = build_targets(labels, boxes, S, self.stride)
         ignore = None
         if crowd_crops:
             crowd = T.paste(T.warp_crops(crowd_crops, m, S), S).max(0, keepdims=True)

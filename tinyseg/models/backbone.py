@@ -26,15 +26,23 @@ class ConvBNAct(nn.Sequential):
 
 
 class InvertedResidual(nn.Module):
-    """1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear projection, with identity shortcut when shapes match."""
+    """1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear projection, with identity shortcut when shapes match.
 
-    def __init__(self, cin: int, cout: int, stride: int, expand: int):
+    `fused=True` is EfficientNetV2's Fused-MBConv: one full 3x3 conv replaces expand + depthwise. At high
+    resolution that is faster on CPUs (one memory-bound pass over the expanded map instead of three) and trains
+    faster from scratch."""
+
+    def __init__(self, cin: int, cout: int, stride: int, expand: int, fused: bool = False):
         super().__init__()
         hidden = cin * expand
         layers: list[nn.Module] = []
-        if expand != 1:
-            layers.append(ConvBNAct(cin, hidden, 1))
-        layers += [ConvBNAct(hidden, hidden, 3, stride, groups=hidden), ConvBNAct(hidden, cout, 1, act=False)]
+        if fused:
+            layers.append(ConvBNAct(cin, hidden, 3, stride))
+        else:
+            if expand != 1:
+                layers.append(ConvBNAct(cin, hidden, 1))
+            layers.append(ConvBNAct(hidden, hidden, 3, stride, groups=hidden))
+        layers.append(ConvBNAct(hidden, cout, 1, act=False))
         self.block = nn.Sequential(*layers)
         self.residual = stride == 1 and cin == cout
         if self.residual:
@@ -53,7 +61,9 @@ class MobileNetV2Backbone(nn.Module):
 
     BASE_CHANNELS = (16, 32, 64, 128, 256)  # stages at strides 2, 4, 8, 16, 32, before the width multiplier
 
-    def __init__(self, width: float = 0.5, depths: tuple[int, ...] = (1, 2, 2, 3, 2), expand: int = 4):
+    def __init__(
+        self, width: float = 0.5, depths: tuple[int, ...] = (1, 2, 2, 3, 2), expand: int = 4, fused: int = 0
+    ):
         super().__init__()
         if len(depths) != 5:
             raise ValueError(f"depths needs 5 entries (strides 2..32), got {depths}")
@@ -65,7 +75,7 @@ class MobileNetV2Backbone(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                blocks.append(InvertedResidual(cin, c, stride, 1 if i == 0 else expand))
+                blocks.append(InvertedResidual(cin, c, stride, 1 if i == 0 else expand, fused=j == 0 and 0 < i <= fused))
                 cin = c
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

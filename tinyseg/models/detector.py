@@ -7,9 +7,10 @@ from torch import nn
 
 from tinyseg.config import ModelConfig
 from tinyseg.models.backbone import MobileNetV2Backbone
-from tinyseg.models.heads import BoxHead, HeatmapHead
+from tinyseg.models.heads import BoxHead, HeatmapHead, ShapeClassifier
 from tinyseg.models.masks import build_mask_head
 from tinyseg.models.neck import FPNFuse
+from tinyseg.models.postprocess import postprocess
 
 
 class TinySeg(nn.Module):
@@ -20,10 +21,12 @@ class TinySeg(nn.Module):
         heatmap: HeatmapHead,
         box: BoxHead,
         mask: nn.Module,
+        classifier: ShapeClassifier,
         num_classes: int,
     ):
         super().__init__()
         self.backbone, self.neck, self.heatmap, self.box, self.mask = backbone, neck, heatmap, box, mask
+        self.classifier = classifier
         self.num_classes = num_classes
         self.stride = neck.stride  # of the heatmap / box / mask-parameter maps
         self.mask_stride = self.stride // 2  # of the prototypes and assembled masks
@@ -33,17 +36,28 @@ class TinySeg(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [B, 3, S, S] RGB, uint8 or float in 0..255 -> dict of
-        heatmap [B, C, S/4, S/4] logits, box [B, 4, S/4, S/4] ltrb pixels,
+        heatmap [B, 1, S/4, S/4] centre logits, classes [B, C, S/4, S/4] class logits, box [B, 4, S/4, S/4] raw ltrb distances (see decode_boxes),
         mask_params [B, P, S/4, S/4], mask_features [B, F, S/2, S/2]."""
         x = (images.float() - self.mean) * self.inv_std
         feats = self.backbone(x)
         f = self.neck(feats)
         params, features = self.mask(f, feats[self.stride // 2])
-        return {"heatmap": self.heatmap(f), "box": self.box(f), "mask_params": params, "mask_features": features}
+        heat = self.heatmap(f)
+        return {
+            "heatmap": heat[:, :1],
+            "classes": heat[:, 1:],
+            "box": self.box(f),
+            "mask_params": params,
+            "mask_features": features,
+        }
+
+    def detect(self, images: torch.Tensor, max_det: int) -> dict[str, torch.Tensor]:
+        """forward + post-processing: fixed-size detections (see postprocess.postprocess)."""
+        return postprocess(self(images), self.mask, self.classifier, self.stride, max_det)
 
 
 def build_model(cfg: ModelConfig) -> TinySeg:
-    backbone = MobileNetV2Backbone(cfg.width, tuple(cfg.depths), cfg.expand)
+    backbone = MobileNetV2Backbone(cfg.width, tuple(cfg.depths), cfg.expand, cfg.fused)
     neck = FPNFuse({s: c for s, c in backbone.channels.items() if s >= 4}, cfg.neck_channels)
     return TinySeg(
         backbone,
@@ -51,5 +65,6 @@ def build_model(cfg: ModelConfig) -> TinySeg:
         HeatmapHead(cfg.neck_channels, cfg.head_channels, cfg.num_classes),
         BoxHead(cfg.neck_channels, cfg.head_channels),
         build_mask_head(cfg.mask_head, cfg.neck_channels, backbone.channels[2], cfg.head_channels, cfg.num_prototypes),
+        ShapeClassifier(cfg.num_classes),
         cfg.num_classes,
     )

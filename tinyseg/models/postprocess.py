@@ -9,13 +9,12 @@ import torch
 import torch.nn.functional as F
 
 
-def find_peaks(heatmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """heatmap logits [B, C, h, w] -> scores [B, K], classes [B, K], flat cell index [B, K]."""
-    b, c, h, w = heatmap.shape
+def find_peaks(heatmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Centre logits [B, 1, h, w] -> objectness [B, K] and flat cell index [B, K] of the K strongest peaks."""
+    b, _, h, w = heatmap.shape
     heat = heatmap.sigmoid()
     peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
-    scores, idx = peaks.reshape(b, -1).topk(min(k, c * h * w))
-    return scores, idx // (h * w), idx % (h * w)
+    return peaks.reshape(b, -1).topk(min(k, h * w))
 
 
 def gather(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -29,35 +28,68 @@ def cell_centers(pos: torch.Tensor, width: int) -> torch.Tensor:
     return torch.stack([pos % width, pos // width], -1).float()
 
 
-def decode_boxes(ltrb: torch.Tensor, centers: torch.Tensor, stride: int, size: int) -> torch.Tensor:
-    """ltrb [B, K, 4] distances in pixels, centers [B, K, 2] cells -> boxes [B, K, 4] xyxy in input pixels."""
+# Box distances are softplus(raw) * BOX_SCALE input pixels: positive, smooth, ~11 px at init (raw = 0).
+# Applied only to the cells that are read (K peaks, or the training samples), not to the whole map.
+BOX_SCALE = 16.0
+
+
+def decode_boxes(raw: torch.Tensor, centers: torch.Tensor, stride: int, size: int) -> torch.Tensor:
+    """raw box outputs [B, K, 4] (ltrb), centers [B, K, 2] cells -> boxes [B, K, 4] xyxy in input pixels."""
+    ltrb = F.softplus(raw) * BOX_SCALE
     c = (centers + 0.5) * stride
     boxes = torch.cat([c - ltrb[..., :2], c + ltrb[..., 2:]], -1)
     return boxes.clamp(0, size)
 
 
-def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0) -> torch.Tensor:
-    """[B, K, 4] input-pixel boxes -> [B, K, h, w] float {0,1}: cells whose centre lies inside the (grown) box."""
+def box_ranges(
+    boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """[B, K, 4] input-pixel boxes -> rows [B, K, h, 1], cols [B, K, 1, w] float {0,1}: grid cells whose centre
+    lies inside the (grown) box along each axis. The crop is their product; kept separable so the exported
+    graph never builds a [B, K, h, w] crop tensor (two broadcast Muls instead of And + Cast + Mul)."""
     xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
-    inx = (xs >= x1 - margin) & (xs <= x2 + margin)
-    iny = (ys >= y1 - margin) & (ys <= y2 + margin)
-    return (iny.unsqueeze(-1) & inx.unsqueeze(-2)).to(boxes.dtype)
+    inx = ((xs >= x1 - margin) & (xs <= x2 + margin)).to(boxes.dtype)
+    iny = ((ys >= y1 - margin) & (ys <= y2 + margin)).to(boxes.dtype)
+    return iny.unsqueeze(-1), inx.unsqueeze(-2)
 
 
-def postprocess(outputs: dict[str, torch.Tensor], mask_head, stride: int, max_det: int) -> dict[str, torch.Tensor]:
+def box_resample(lo: torch.Tensor, hi: torch.Tensor, n: int, stride: int, g: int) -> torch.Tensor:
+    """Box extents along one axis lo/hi [B, K] (pixels) -> [B, K, g, n] weights that average n grid cells of
+    `stride` px into g equal bins spanning the box (area overlap; up- and downsampling alike). `A_y @ M @ A_x^T`
+    resamples a mask to a g x g grid in box coordinates with two MatMuls."""
+    t = torch.arange(g + 1, device=lo.device, dtype=lo.dtype) / g
+    edges = lo.unsqueeze(-1) + (hi - lo).clamp(min=1e-3).unsqueeze(-1) * t  # [B, K, g + 1]
+    a, b = edges[..., :-1, None], edges[..., 1:, None]
+    cell = torch.arange(n, device=lo.device, dtype=lo.dtype) * stride
+    w = (torch.minimum(b, cell + stride) - torch.maximum(a, cell)).clamp(min=0)
+    return w / w.sum(-1, keepdim=True).clamp(min=1e-6)
+
+
+def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0) -> torch.Tensor:
+    """[B, K, 4] input-pixel boxes -> [B, K, h, w] float {0,1}: cells whose centre lies inside the (grown) box."""
+    rows, cols = box_ranges(boxes, h, w, stride, margin)
+    return rows * cols
+
+
+def postprocess(
+    outputs: dict[str, torch.Tensor], mask_head, classifier, stride: int, max_det: int
+) -> dict[str, torch.Tensor]:
     """Model outputs -> fixed-size detections, all in network-input coordinates:
-    boxes [B, K, 4] xyxy pixels, scores [B, K], classes [B, K] int64, masks [B, K, H, W] probabilities at the
-    mask features' resolution, zeroed outside the box grown by 2 px (the exact crop happens at full resolution)."""
-    heat = outputs["heatmap"]
-    b, c, h, w = heat.shape
-    scores, classes, pos = find_peaks(heat, max_det)
+    boxes [B, K, 4] xyxy pixels, scores [B, K] = P(object) * P(class), classes [B, K] int64, masks [B, K, H, W]
+    probabilities at the mask features' resolution, zeroed outside the box grown by 2 px (the exact crop
+    happens at full resolution). The K strongest centre peaks are kept; each gets one class."""
+    h, w = outputs["heatmap"].shape[-2:]
+    objectness, pos = find_peaks(outputs["heatmap"], max_det)
     centers = cell_centers(pos, w)
     boxes = decode_boxes(gather(outputs["box"], pos), centers, stride, h * stride)
     params = gather(outputs["mask_params"], pos)
     logits = mask_head.assemble(params, outputs["mask_features"], centers, boxes)
     mh, mw = logits.shape[-2:]
     mask_stride = h * stride // mh
-    masks = logits.sigmoid() * box_crop(boxes, mh, mw, mask_stride, margin=2.0)
-    return {"boxes": boxes, "scores": scores, "classes": classes, "masks": masks}
+    rows, cols = box_ranges(boxes, mh, mw, mask_stride, margin=2.0)
+    masks = logits.sigmoid() * rows * cols
+    class_logits = classifier(gather(outputs["classes"], pos), masks, boxes, mask_stride)
+    prob, classes = class_logits.softmax(-1).max(-1)
+    return {"boxes": boxes, "scores": objectness * prob, "classes": classes, "masks": masks}
