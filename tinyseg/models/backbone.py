@@ -61,9 +61,7 @@ class MobileNetV2Backbone(nn.Module):
 
     BASE_CHANNELS = (16, 32, 64, 128, 256)  # stages at strides 2, 4, 8, 16, 32, before the width multiplier
 
-    def __init__(
-        self, width: float = 0.5, depths: tuple[int, ...] = (1, 2, 2, 3, 2), expand: int = 4, fused: int = 0
-    ):
+    def __init__(self, width: float = 0.5, depths: tuple[int, ...] = (1, 2, 2, 3, 2), expand: int = 4, fused: int = 0):
         super().__init__()
         if len(depths) != 5:
             raise ValueError(f"depths needs 5 entries (strides 2..32), got {depths}")
@@ -75,7 +73,8 @@ class MobileNetV2Backbone(nn.Module):
             blocks = []
             for j in range(n):
                 stride = 2 if (j == 0 and i > 0) else 1
-                blocks.append(InvertedResidual(cin, c, stride, 1 if i == 0 else expand, fused=j == 0 and 0 < i <= fused))
+                fuse = j == 0 and 0 < i <= fused
+                blocks.append(InvertedResidual(cin, c, stride, 1 if i == 0 else expand, fused=fuse))
                 cin = c
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.ModuleList(stages)

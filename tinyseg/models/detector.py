@@ -36,7 +36,8 @@ class TinySeg(nn.Module):
 
     def forward(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
         """images [B, 3, S, S] RGB, uint8 or float in 0..255 -> dict of
-        heatmap [B, 1, S/4, S/4] centre logits, classes [B, C, S/4, S/4] class logits, box [B, 4, S/4, S/4] raw ltrb distances (see decode_boxes),
+        heatmap [B, 1, S/4, S/4] centre logits, classes [B, C, S/4, S/4] appearance class logits,
+        box [B, 4, S/4, S/4] raw ltrb distances (see decode_boxes),
         mask_params [B, P, S/4, S/4], mask_features [B, F, S/2, S/2]."""
         x = (images.float() - self.mean) * self.inv_std
         feats = self.backbone(x)

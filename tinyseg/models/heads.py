@@ -11,6 +11,7 @@ from torch import nn
 from tinyseg.models.neck import SeparableConv
 from tinyseg.models.postprocess import box_resample
 
+
 class Head(nn.Module):
     """One separable 3x3 conv, then a 1x1 to `out` channels (CenterNet's heads: one 3x3 each; more depth at
     stride 4 costs more than it gives on a CPU budget)."""
