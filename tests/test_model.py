@@ -171,15 +171,19 @@ def test_postprocess_planted_peaks():
     assert m[0, 0].item() == 0  # outside: cropped
     objectness, pos = find_peaks(heat, 2)
     assert pos.tolist() == [[4 * 16 + 5, 10 * 16 + 12]]
-    # An uncertain class: score = P(object) * P(class).
+    # An uncertain class: the peak is reported once per plausible class, scored P(object) * P(class).
     classes[0, :, 4, 5] = torch.tensor([0.0, 0.0, -20.0])
     det = postprocess(out, PrototypeMasks(8, 4, 8, 2), classifier, stride=4, max_det=3)
-    assert det["scores"][0, 0].item() == pytest.approx(torch.sigmoid(torch.tensor(3.0)).item() / 2, rel=1e-5)
+    half = torch.sigmoid(torch.tensor(3.0)).item() / 2
+    assert det["scores"][0].tolist() == pytest.approx([torch.sigmoid(torch.tensor(1.0)).item(), half, half], rel=1e-5)
+    assert det["classes"][0, 0] == 2 and sorted(det["classes"][0, 1:].tolist()) == [0, 1]
+    assert det["boxes"][0, 1].tolist() == det["boxes"][0, 2].tolist() == pytest.approx([16.0, 16.0, 28.0, 20.0])
+    assert torch.equal(det["masks"][0, 1], det["masks"][0, 2]) and det["masks"][0, 1, 9, 11] > 0.99
 
 
 def test_shape_classifier_silhouettes():
-    """A mask resampled into its box: a filled box -> all ones; the left half -> left half of the grid, whatever
-    the box size (area-averaging weights, up- and downsampling)."""
+    """A mask sampled over its box: a filled box -> all ones; the left half -> the left half of the grid, whatever
+    the box size. The prototype head's assemble_at() gives the same samples without building the masks."""
     from tinyseg.models.heads import ShapeClassifier
 
     clf = ShapeClassifier(2, grid=4)
@@ -187,9 +191,18 @@ def test_shape_classifier_silhouettes():
     masks[0, 0, 10:20, 8:16] = 1  # 8x10 cells = 16x20 px at stride 2, box (16, 20, 32, 40)
     masks[0, 1, 0:40, 0:20] = 1  # left half of a 80x80 px box
     boxes = torch.tensor([[[16.0, 20.0, 32.0, 40.0], [0.0, 0.0, 80.0, 80.0]]])
-    sil = clf.silhouettes(masks, boxes, 2).reshape(2, 4, 4)
-    assert torch.allclose(sil[0], torch.ones(4, 4))
-    assert torch.allclose(sil[1][:, :2], torch.ones(4, 2)) and torch.allclose(sil[1][:, 2:], torch.zeros(4, 2))
+    sil = clf.sample(masks, boxes, 2).reshape(2, 4, 4)
+    assert torch.equal(sil[0], torch.ones(4, 4))
+    assert torch.equal(sil[1][:, :2], torch.ones(4, 2)) and torch.equal(sil[1][:, 2:], torch.zeros(4, 2))
+
+    from tinyseg.models.masks import PrototypeMasks
+
+    head = PrototypeMasks(8, 4, 8, 3)
+    params, features = torch.randn(1, 2, 3), torch.randn(1, 3, 40, 40)
+    full = head.assemble(params, features)
+    index = clf.points(boxes, 40, 40, 2)
+    at = head.assemble_at(params, features, None, None, index)
+    assert torch.allclose(at, full.reshape(1, 2, -1).gather(2, index), atol=1e-5)
 
 
 def _tiny_cfg() -> Config:

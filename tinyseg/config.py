@@ -29,8 +29,9 @@ class ModelConfig:
     # Expansion ratio of the inverted residuals (MobileNetV2 uses 6; 4 trains faster on a CPU at equal accuracy here).
     expand: int = 4
     # Stages 1..fused start with a Fused-MBConv block (one strided full 3x3 conv instead of 1x1 expand at the
-    # higher resolution + strided depthwise).
-    fused: int = 0
+    # higher resolution + strided depthwise). 1: the stride-4 stage no longer expands 16 -> 64 channels at
+    # 160x160; measured on nano: training step 469 -> 336 ms, ONNX Runtime graph ~1 ms faster.
+    fused: int = 1
     # Channels of the fused stride-4 map that feeds every head.
     neck_channels: int = 48
     # Channels inside each head tower.
@@ -136,8 +137,12 @@ class Config:
 
 # Presets: only the model section; everything else keeps its defaults. Measured at 320x320 (see README).
 PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(width=0.5, depths=(1, 2, 2, 3, 2), expand=4, neck_channels=48, head_channels=32, num_prototypes=16),
-    "small": dict(width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24),
+    "nano": dict(
+        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, fused=1, neck_channels=48, head_channels=32, num_prototypes=16
+    ),
+    "small": dict(
+        width=0.75, depths=(1, 2, 3, 4, 3), expand=6, fused=1, neck_channels=64, head_channels=64, num_prototypes=24
+    ),
 }
 
 

