@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from tinyseg.models.postprocess import box_crop, cell_centers, decode_boxes, gather
+from tinyseg.results import MASK_MARGIN
 
 
 def focal_loss(
@@ -106,7 +107,7 @@ class Criterion(nn.Module):
         params = gather(outputs["mask_params"], pos)
         logits = self.mask_head.assemble(params, outputs["mask_features"], cell_centers(pos, w), targets["boxes"])
         mh, mw = logits.shape[-2:]
-        crop = box_crop(targets["boxes"], mh, mw, size // mh, margin=2.0)
+        crop = box_crop(targets["boxes"], mh, mw, size // mh, margin=MASK_MARGIN)
         target_masks = targets["masks"].float() / 255
         valid = targets["valid"]
         losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target_masks, crop, valid)
@@ -115,8 +116,12 @@ class Criterion(nn.Module):
         # predicted box (exactly what inference sees; detached so the class loss does not bend masks or boxes),
         # each with the appearance logits at the centre.
         appearance = gather(outputs["classes"].float(), pos)
-        boxes = decode_boxes(gather(outputs["box"].float(), pos), cell_centers(pos, w), self.stride, size).detach()
-        predicted = logits.detach().float().sigmoid() * box_crop(boxes, mh, mw, size // mh, margin=2.0)
+        boxes = (
+            decode_boxes(gather(outputs["box"].float(), pos), cell_centers(pos, w), self.stride, size)
+            .detach()
+            .nan_to_num(0.0)
+        )
+        predicted = logits.detach().float().sigmoid() * box_crop(boxes, mh, mw, size // mh, margin=MASK_MARGIN)
         v = valid.float()
         ce = 0
         for m, b in ((target_masks, targets["boxes"]), (predicted, boxes)):

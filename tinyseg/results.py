@@ -13,6 +13,10 @@ import numpy as np
 
 from tinyseg.data.transforms import Letterbox, opencv_matrix, warp_image
 
+# Masks are trained and kept inside their box grown by this many input pixels (graph and host alike), so a box
+# regressed a little too small does not clip its mask.
+MASK_MARGIN = 2.0
+
 
 @dataclass
 class Detections:
@@ -33,7 +37,7 @@ def masks_to_original(
 ) -> np.ndarray:
     """Mask probabilities [N, h, w] on the letterboxed input grid -> [N, H, W] bool at the original size:
     one bilinear warp per mask straight from the low-resolution grid (no intermediate resize), thresholded
-    at 0.5 and cut exactly to its box (original pixels, xyxy)."""
+    at 0.5 and cut to its window `boxes` (original pixels, xyxy)."""
     n = len(masks)
     out = np.zeros((n, height, width), bool)
     if n == 0:
@@ -73,18 +77,24 @@ def to_detections(
     conf: float,
     class_names: list[str],
 ) -> Detections:
-    """One image's fixed-size network output (input coordinates) -> Detections at the original size."""
+    """One image's fixed-size network output (input coordinates) -> Detections at the original size.
+
+    The graph's box crops the mask; the reported box is the mask's tight box (the regressed box where the mask
+    is empty). Measured on the synthetic val set (12-minute nano): box AP 0.291 -> 0.399, and cutting masks at
+    the box grown by MASK_MARGIN as in the graph, mask AP 0.440 -> 0.463."""
     keep = scores >= conf
     b = lb.boxes_to_original(boxes[keep])
-    b[:, 0::2] = b[:, 0::2].clip(0, width)
-    b[:, 1::2] = b[:, 1::2].clip(0, height)
-    return Detections(
-        b,
-        scores[keep].astype(np.float32),
-        classes[keep].astype(np.int64),
-        masks_to_original(masks[keep], b, lb, height, width, size),
-        class_names,
-    )
+    g = MASK_MARGIN / lb.scale
+    window = b + np.array([-g, -g, g, g], np.float32)
+    for a in (b, window):
+        a[:, 0::2] = a[:, 0::2].clip(0, width)
+        a[:, 1::2] = a[:, 1::2].clip(0, height)
+    masks = masks_to_original(masks[keep], window, lb, height, width, size)
+    for i, m in enumerate(masks):
+        ys, xs = np.flatnonzero(m.any(1)), np.flatnonzero(m.any(0))
+        if len(ys):
+            b[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+    return Detections(b, scores[keep].astype(np.float32), classes[keep].astype(np.int64), masks, class_names)
 
 
 def predict_image(run, image: np.ndarray, size: int, conf: float, class_names: list[str]) -> Detections:

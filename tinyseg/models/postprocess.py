@@ -8,6 +8,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from tinyseg.results import MASK_MARGIN
+
 
 def find_peaks(heatmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Centre logits [B, 1, h, w] -> objectness [B, K] and flat cell index [B, K] of the K strongest peaks."""
@@ -93,5 +95,5 @@ def postprocess(
     centers = centers.reshape(b * k, 2)[det].reshape(b, k, 2)
     params = params.reshape(b * k, -1)[det].reshape(b, k, -1)
     logits = mask_head.assemble(params, features, centers, boxes)
-    rows, cols = box_ranges(boxes, mh, mw, mask_stride, margin=2.0)
+    rows, cols = box_ranges(boxes, mh, mw, mask_stride, margin=MASK_MARGIN)
     return {"boxes": boxes, "scores": scores, "classes": pair % c, "masks": logits.sigmoid() * rows * cols}
