@@ -29,8 +29,7 @@ class InvertedResidual(nn.Module):
     """1x1 expand -> 3x3 depthwise (stride) -> 1x1 linear projection, with identity shortcut when shapes match.
 
     `fused=True` is EfficientNetV2's Fused-MBConv: one full 3x3 conv replaces expand + depthwise. At high
-    resolution that is faster on CPUs (one memory-bound pass over the expanded map instead of three) and trains
-    faster from scratch."""
+    resolution that is faster on CPUs: one pass over the expanded map instead of three (see ModelConfig.fused)."""
 
     def __init__(self, cin: int, cout: int, stride: int, expand: int, fused: bool = False):
         super().__init__()
