@@ -25,7 +25,6 @@ from torch.utils.flop_counter import FlopCounterMode
 from tinyseg.config import Config, apply_overrides, preset
 from tinyseg.evaluation import format_table
 from tinyseg.models.detector import build_model
-from tinyseg.models.postprocess import postprocess
 from tinyseg.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +34,7 @@ def model_cost(cfg: Config) -> tuple[int, float]:
     m = build_model(cfg.model).eval()
     s = cfg.data.imgsz
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        postprocess(m(torch.zeros(1, 3, s, s)), m.mask, m.stride, cfg.model.max_det)
+        m.detect(torch.zeros(1, 3, s, s), cfg.model.max_det)
     return sum(p.numel() for p in m.parameters()), fc.get_total_flops() / 1e9
 
 
