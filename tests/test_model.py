@@ -168,7 +168,19 @@ def test_postprocess_planted_peaks():
     assert det["boxes"][0, 0].tolist() == pytest.approx([16.0, 16.0, 28.0, 20.0])
     m = det["masks"][0, 0]
     assert m[9, 11].item() == pytest.approx(torch.sigmoid(torch.tensor(10.0)).item())  # inside the box
-    assert m[0, 0].item() == 0  # outside: cropped
+    assert m[0, 0].item() == m[9, 11].item()  # the graph leaves the cut at the box to the host
+    from tinyseg.data.transforms import Letterbox
+    from tinyseg.results import MASK_MARGIN, to_detections
+
+    o = {k: v[0].detach().numpy() for k, v in det.items()}
+    d = to_detections(
+        o["boxes"], o["scores"], o["classes"], o["masks"], Letterbox(1.0, 0, 0), 64, 64, 64, 0.5, ["a"] * 3
+    )
+    # host: every pixel whose centre is inside the box (16, 16, 28, 20) grown by MASK_MARGIN = 2 px, nothing else
+    want = np.zeros((64, 64), bool)
+    want[14:22, 14:30] = True
+    assert MASK_MARGIN == 2.0 and np.array_equal(d.masks[0], want)
+    assert d.boxes[0].tolist() == [14, 14, 30, 22]  # the reported box is the mask's tight box
     objectness, pos = find_peaks(heat, 2)
     assert pos.tolist() == [[4 * 16 + 5, 10 * 16 + 12]]
     # An uncertain class: the peak is reported once per plausible class, scored P(object) * P(class).

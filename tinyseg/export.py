@@ -6,9 +6,13 @@ Graph contract (same for every format):
   outputs boxes    float32 [B, K, 4]    xyxy in input pixels
           scores   float32 [B, K]       peak scores, sorted descending (K = max_det; filter by your threshold)
           classes  int64   [B, K]       0-based labels
-          masks    float32 [B, K, S/2, S/2]  mask probabilities on the letterboxed grid, zero outside the box
-Masks stay at the prototype resolution (S/2): resizing K masks to S inside the graph would cost 4x the memory
-traffic for nothing the host can't do for the few detections it keeps.
+          masks    float32 [B, K, S/2, S/2]  mask probabilities on the letterboxed grid (S/2: the prototypes'
+                                             resolution); a mask is meant inside its box grown by 2 input px:
+                                             cut it there when you paste it (results.to_detections does)
+Masks stay at S/2: resizing K masks to S inside the graph would cost 4x the memory traffic for nothing the host
+can't do for the few detections it keeps. The cut at the box is left to the host for the same reason: two
+broadcast Muls over [K, S/2, S/2] were 2.2 of 4.8 ms of the graph's mask tail (ONNX Runtime, 1 thread, K=100;
+5x that at K=500), while the host cuts only the few masks it keeps, at full resolution, anyway.
 Metadata (class names, size, layout) is embedded in the model file under the key `tinyseg`.
 """
 
@@ -58,7 +62,7 @@ def metadata(seg: Segmenter, max_det: int, precision: str) -> dict:
         "mask_stride": seg.model.mask_stride,
         "outputs": list(OUTPUT_NAMES),
         "precision": precision,
-        "format": "tinyseg/1",
+        "format": "tinyseg/2",  # /1: masks were zeroed outside the box in the graph
     }
 
 
@@ -171,6 +175,30 @@ def tail_nodes(onnx_path: Path) -> list[str]:
     return [n.name for n in m.graph.node if not n.name.startswith("/model/") or any(k in n.name for k in keep_float)]
 
 
+def compact_names(model):
+    """Short tensor names (t + a base-36 number), no node names, no value_info: the long PyTorch scope names
+    (`/model/backbone/stages.1/...`) and shape annotations are ~20% of an INT8 file and carry nothing a runtime
+    needs. Graph inputs and outputs keep their names (the contract). Used on the INT8 file only: the FP32 file
+    keeps its names, since they select the nodes INT8 keeps in float (tail_nodes) and label per-op profiles."""
+    g = model.graph
+    fixed = {v.name for v in g.input} | {v.name for v in g.output}
+    short: dict[str, str] = {}
+
+    def rename(name: str) -> str:
+        if not name or name in fixed:
+            return name
+        return short.setdefault(name, "t" + np.base_repr(len(short), 36).lower())  # ONNX names: C identifiers
+
+    for t in g.initializer:
+        t.name = rename(t.name)
+    for node in g.node:
+        node.name = ""
+        node.input[:] = [rename(n) for n in node.input]
+        node.output[:] = [rename(n) for n in node.output]
+    del g.value_info[:]
+    return model
+
+
 def quantize_onnx(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
     """Static INT8 (QDQ, per-channel weights, uint8 activations) with onnxruntime; decode tail in float."""
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
@@ -201,7 +229,7 @@ def quantize_onnx(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
         )
     import onnx
 
-    model = onnx.load(str(tmp))
+    model = compact_names(onnx.load(str(tmp)))
     meta = json.loads(_onnx_meta(onnx_path))
     meta["precision"] = "int8"
     del model.metadata_props[:]

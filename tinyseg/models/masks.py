@@ -3,7 +3,8 @@
   features [B, F, H, W]    a shared mask feature map at stride 2,
 and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) -> logits [B, N, H, W]`, and
 `assemble_at(params, features, centers, boxes, index [B, N, M]) -> logits [B, N, M]` at M flat cells per mask
-(inside its box): the shape classifier's samples, without building the full masks.
+(inside its box), without building the full masks: the shape classifier's samples and the bilinear taps of
+the output masks (postprocess.window_lattice). Training uses `assemble` (full masks, for the loss).
 
 Why stride 2 for the masks: resampling the ground truth of the synthetic val set to stride 4 and back caps mask
 AP at 0.69 (DSB2018: 0.59); at stride 2 the cap is 0.94 (0.78). Small objects need the finer grid.
@@ -61,10 +62,14 @@ class PrototypeMasks(nn.Module):
         boxes: torch.Tensor | None,
         index: torch.Tensor,
     ) -> torch.Tensor:
-        b, k = features.shape[:2]
+        # Prototypes as a [B * h * w, K] table: each sample is one row Gather (K contiguous floats) and a dot
+        # product, instead of K element-wise gathers.
+        b, k, h, w = features.shape
         n, m = index.shape[1:]
-        picked = features.reshape(b, k, -1).gather(2, index.reshape(b, 1, n * m).expand(b, k, n * m))
-        return (params.unsqueeze(-1) * picked.reshape(b, k, n, m).transpose(1, 2)).sum(2)
+        table = features.flatten(2).transpose(1, 2).reshape(b * h * w, k)
+        rows = index.reshape(b, n * m) + torch.arange(b, device=index.device).unsqueeze(1) * (h * w)
+        picked = table[rows].reshape(b, n, m, k)
+        return (picked @ params.unsqueeze(-1)).squeeze(-1)
 
 
 def build_mask_head(kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int) -> nn.Module:
