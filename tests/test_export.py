@@ -93,6 +93,48 @@ def test_int8_onnx_runs_and_is_sane(seg, onnx_path, images, tmp_path):
     assert np.abs(out["scores"][0, :3] - ref["scores"][0, :3]).max() < 0.1
 
 
+def test_compact_keeps_the_computation(onnx_path, images, tmp_path):
+    """compact() drops all-zero zero points of constant DequantizeLinear inputs, node names and value_info,
+    and shortens tensor names; the graph computes exactly the same outputs."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import helper, numpy_helper
+
+    from tinyseg.export import compact
+
+    model = onnx.load(str(onnx_path))
+    # Route the first Conv's weight through an int8 DequantizeLinear with zero points of 0, as QDQ files do.
+    conv = next(n for n in model.graph.node if n.op_type == "Conv")
+    w = next(t for t in model.graph.initializer if t.name == conv.input[1])
+    arr = numpy_helper.to_array(w)
+    scale = np.abs(arr).reshape(len(arr), -1).max(1) / 127 + 1e-12
+    q = np.round(arr / scale[:, None, None, None]).astype(np.int8)
+    model.graph.initializer.extend(
+        [
+            numpy_helper.from_array(q, "w_q"),
+            numpy_helper.from_array(scale.astype(np.float32), "w_scale"),
+            numpy_helper.from_array(np.zeros(len(arr), np.int8), "w_zero"),
+        ]
+    )
+    model.graph.node.insert(0, helper.make_node("DequantizeLinear", ["w_q", "w_scale", "w_zero"], ["w_dq"], axis=0))
+    conv.input[1] = "w_dq"
+    before = tmp_path / "before.onnx"
+    onnx.save(model, str(before))
+    small = compact(onnx.load(str(before)))
+    onnx.checker.check_model(small)
+    after = tmp_path / "after.onnx"
+    onnx.save(small, str(after))
+    assert after.stat().st_size < before.stat().st_size - 30_000  # ~50 KB of names and shapes
+    dq = next(n for n in small.graph.node if n.op_type == "DequantizeLinear")
+    assert len(dq.input) == 2 and not any(n.name for n in small.graph.node) and not len(small.graph.value_info)
+    assert [o.name for o in small.graph.output] == [o.name for o in model.graph.output]
+    feed = {"images": images[:2]}
+    a = ort.InferenceSession(str(before)).run(None, feed)
+    b = ort.InferenceSession(str(after)).run(None, feed)
+    for x, y in zip(a, b):
+        assert np.array_equal(x, y)
+
+
 def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
     pytest.importorskip("nncf")
     from tinyseg.export import quantize_openvino
