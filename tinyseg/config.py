@@ -88,9 +88,10 @@ class TrainConfig:
     device: str = "cpu"
     # fp16 mixed precision on CUDA.
     amp: bool = True
-    # bf16 autocast on CPUs with native bf16: steps are ~1.4x faster here, but 12-minute demo runs gave no clear
-    # AP gain (bf16 0.154; fp32 0.210 and 0.164 in two runs), so fp32 stays the default until measured better.
-    cpu_bf16: bool = False
+    # bf16 autocast on CPUs with native bf16 (AVX512-BF16 / AMX; elsewhere training stays fp32). Measured on the
+    # synthetic set, same data and code, this 2-core EPYC: 12-minute runs mask AP 0.471 (1875 steps) vs fp32
+    # 0.443 and 0.463 (1595 steps); 4-minute runs 0.229 vs 0.217. Steps are ~1.17x faster end to end.
+    cpu_bf16: bool = True
     # Validate every N epochs (and always at the end).
     val_interval: int = 5
     out: str = "runs/train"
