@@ -3,8 +3,7 @@
   features [B, F, H, W]    a shared mask feature map at stride 2,
 and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) -> logits [B, N, H, W]`, and
 `assemble_at(params, features, centers, boxes, index [B, N, M]) -> logits [B, N, M]` at M flat cells per mask
-(inside its box), without building the full masks: the shape classifier's samples and the bilinear taps of
-the output masks (postprocess.window_lattice). Training uses `assemble` (full masks, for the loss).
+(inside its box), without building the full masks: the shape classifier's samples.
 
 Why stride 2 for the masks: resampling the ground truth of the synthetic val set to stride 4 and back caps mask
 AP at 0.69 (DSB2018: 0.59); at stride 2 the cap is 0.94 (0.78). Small objects need the finer grid.

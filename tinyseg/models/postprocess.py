@@ -41,23 +41,14 @@ def decode_boxes(raw: torch.Tensor, centers: torch.Tensor, stride: int, size: in
     return boxes.clamp(0, size)
 
 
-def box_ranges(
-    boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """[B, K, 4] input-pixel boxes -> rows [B, K, h, 1], cols [B, K, 1, w] float {0,1}: grid cells whose centre
-    lies inside the (grown) box along each axis; the crop is their product."""
+def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0) -> torch.Tensor:
+    """[B, K, 4] input-pixel boxes -> [B, K, h, w] float {0,1}: cells whose centre lies inside the (grown) box."""
     xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
     inx = ((xs >= x1 - margin) & (xs <= x2 + margin)).to(boxes.dtype)
     iny = ((ys >= y1 - margin) & (ys <= y2 + margin)).to(boxes.dtype)
-    return iny.unsqueeze(-1), inx.unsqueeze(-2)
-
-
-def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0) -> torch.Tensor:
-    """[B, K, 4] input-pixel boxes -> [B, K, h, w] float {0,1}: cells whose centre lies inside the (grown) box."""
-    rows, cols = box_ranges(boxes, h, w, stride, margin)
-    return rows * cols
+    return iny.unsqueeze(-1) * inx.unsqueeze(-2)
 
 
 def postprocess(
