@@ -27,12 +27,11 @@ def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dic
     with other models' graphs) in this process; returns latency stats and peak RSS."""
     from tinyseg.cli import load_predictor
     from tinyseg.data.io import read_image
-    from tinyseg.data.transforms import Letterbox, warp_image
+    from tinyseg.data.transforms import letterbox_input
 
     img = read_image(image)
     pred = load_predictor(model, backend, None, threads)
-    s = pred.imgsz
-    x = np.ascontiguousarray(warp_image(img, Letterbox.fit(*img.shape[:2], s).matrix(), s).transpose(2, 0, 1)[None])
+    x = letterbox_input(img, pred.imgsz)[1]
     stats = {}
     for name, fn in (("", lambda: pred.predict(img, conf=0.3)), ("graph_", lambda: pred.run(x))):
         for _ in range(max(5, runs // 10)):

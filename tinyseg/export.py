@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from tinyseg.data.transforms import Letterbox, warp_image
+from tinyseg.data.transforms import letterbox_input
 from tinyseg.predict import Segmenter
 
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
@@ -155,12 +155,7 @@ def calibration_images(source: str, images_dir: str | None, size: int, num: int)
         raise ExportError(f"{source}: no calibration images found")
     rng = np.random.default_rng(0)
     files = [files[i] for i in sorted(rng.permutation(len(files))[:num])]
-    out = []
-    for f in files:
-        img = read_image(f)
-        lb = Letterbox.fit(*img.shape[:2], size)
-        out.append(warp_image(img, lb.matrix(), size).transpose(2, 0, 1))
-    return np.stack(out)
+    return np.concatenate([letterbox_input(read_image(f), size)[1] for f in files])
 
 
 def tail_nodes(onnx_path: Path) -> list[str]:

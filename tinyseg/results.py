@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from tinyseg.data.transforms import Letterbox, opencv_matrix, warp_image
+from tinyseg.data.transforms import Letterbox, letterbox_input, opencv_matrix
 
 # Masks are trained and kept inside their box grown by this many input pixels (graph and host alike), so a box
 # regressed a little too small does not clip its mask.
@@ -103,8 +103,8 @@ def predict_image(run, image: np.ndarray, size: int, conf: float, class_names: l
     if not isinstance(image, np.ndarray) or image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an RGB uint8 image [H, W, 3], got {getattr(image, 'shape', type(image))}")
     h, w = image.shape[:2]
-    lb = Letterbox.fit(h, w, size)
-    out = run(np.ascontiguousarray(warp_image(image, lb.matrix(), size).transpose(2, 0, 1)[None]))
+    lb, x = letterbox_input(image, size)
+    out = run(x)
     return to_detections(
         out["boxes"][0], out["scores"][0], out["classes"][0], out["masks"][0], lb, h, w, size, conf, class_names
     )

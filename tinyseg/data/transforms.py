@@ -58,6 +58,12 @@ def warp_image(img: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
     )
 
 
+def letterbox_input(img: np.ndarray, size: int) -> tuple[Letterbox, np.ndarray]:
+    """RGB uint8 [H, W, 3] -> (its Letterbox, the graph's input: uint8 [1, 3, size, size], contiguous)."""
+    lb = Letterbox.fit(*img.shape[:2], size)
+    return lb, np.ascontiguousarray(warp_image(img, lb.matrix(), size).transpose(2, 0, 1)[None])
+
+
 @dataclass
 class MaskCrop:
     """One instance mask stored as its bounding-box crop: dense images (hundreds of small objects in a large
