@@ -191,6 +191,16 @@ def test_postprocess_planted_peaks():
     assert det["classes"][0, 0] == 2 and sorted(det["classes"][0, 1:].tolist()) == [0, 1]
     assert det["boxes"][0, 1].tolist() == det["boxes"][0, 2].tolist() == pytest.approx([16.0, 16.0, 28.0, 20.0])
     assert torch.equal(det["masks"][0, 1], det["masks"][0, 2]) and det["masks"][0, 1, 9, 11] > 0.99
+    # score_thresh: only the pairs at or above it are kept (masks built for them alone), at least one; in a
+    # batch, as many as the image with the most.
+    scores = [torch.sigmoid(torch.tensor(1.0)).item(), half, half]
+    for thresh, n in ((0.0, 3), (0.4, 3), (0.6, 1), (0.99, 1)):
+        det = postprocess(out, PrototypeMasks(8, 4, 8, 2), classifier, 4, 3, thresh)
+        assert det["scores"][0].tolist() == pytest.approx(scores[:n], rel=1e-5) and det["masks"].shape[1] == n
+    batch = {k: torch.cat([v, v]) for k, v in out.items()}
+    batch["heatmap"][1] = -10.0  # an image with no object
+    det = postprocess(batch, PrototypeMasks(8, 4, 8, 2), classifier, 4, 3, 0.4)
+    assert det["scores"].shape == (2, 3) and det["scores"][1].max() < 0.4 and det["masks"].shape[:2] == (2, 3)
 
 
 def test_shape_classifier_silhouettes():

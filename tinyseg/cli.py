@@ -157,7 +157,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     ds = CocoDataset(data, a.imgsz or pred.imgsz, train=False)
     max_det = a.max_det
     if hasattr(pred, "meta"):
-        max_det = min(max_det, int(pred.meta["max_det"]))  # the graph's K is fixed at export
+        max_det = min(max_det, int(pred.meta["max_det"]))  # the graph keeps at most its max_det
         run = pred.run
     else:
 

@@ -4,7 +4,9 @@ OpenVINO IR, INT8 post-training quantization, and a parity check against PyTorch
 Graph contract (same for every format):
   input   images   uint8 [B, 3, S, S]   RGB, letterboxed to the model's size S (pad value 114), NCHW
   outputs boxes    float32 [B, K, 4]    xyxy in input pixels
-          scores   float32 [B, K]       peak scores, sorted descending (K = max_det; filter by your threshold)
+          scores   float32 [B, K]       peak scores, sorted descending; filter by your threshold. K is dynamic:
+                                        the most scores >= model.score_thresh in any image of the batch
+                                        (at least 1, at most max_det)
           classes  int64   [B, K]       0-based labels
           masks    float32 [B, K, S/2, S/2]  mask probabilities on the letterboxed grid (S/2: the prototypes'
                                              resolution); a mask is meant inside its box grown by 2 input px:
@@ -62,7 +64,8 @@ def metadata(seg: Segmenter, max_det: int, precision: str) -> dict:
         "mask_stride": seg.model.mask_stride,
         "outputs": list(OUTPUT_NAMES),
         "precision": precision,
-        "format": "tinyseg/2",  # /1: masks were zeroed outside the box in the graph
+        "score_thresh": seg.model.score_thresh,
+        "format": "tinyseg/3",  # /2: K = max_det always; /1: masks were zeroed outside the box in the graph
     }
 
 
@@ -163,7 +166,10 @@ def tail_nodes(onnx_path: Path) -> list[str]:
     gathers, the mask MatMul: exact comparisons and index arithmetic) and the centre heatmap's output conv,
     whose logits are compared for equality with their 3x3 max. The network proper, the other heads and the
     shape classifier's MLP are quantized: keeping the box/mask heads and the prototype convs in float as well
-    gave the same AP on the demo model (mask 0.439 either way) in a file 8 KB larger."""
+    gave the same AP on the demo model (mask 0.439 either way) in a file 8 KB larger.
+    Keeping the stem float (ONNX Runtime's int8 conv with 3 input channels is slower than float) does not
+    stick: with its input and output quantized, ONNX Runtime quantizes its weights itself at load time
+    (WeightBiasQuantization); keeping stage 0 float as well costs 1.8 mask-AP points on the demo model."""
     import onnx
 
     m = onnx.load(str(onnx_path))

@@ -23,11 +23,13 @@ class TinySeg(nn.Module):
         mask: nn.Module,
         classifier: ShapeClassifier,
         num_classes: int,
+        score_thresh: float = 0.0,
     ):
         super().__init__()
         self.backbone, self.neck, self.heatmap, self.box, self.mask = backbone, neck, heatmap, box, mask
         self.classifier = classifier
         self.num_classes = num_classes
+        self.score_thresh = score_thresh  # masks are assembled only for detections above it (postprocess)
         self.stride = neck.stride  # of the heatmap / box / mask-parameter maps
         self.mask_stride = self.stride // 2  # of the prototypes and assembled masks
         # Normalisation lives in the graph: the deployed model takes raw uint8 pixels.
@@ -54,7 +56,7 @@ class TinySeg(nn.Module):
 
     def detect(self, images: torch.Tensor, max_det: int) -> dict[str, torch.Tensor]:
         """forward + post-processing: fixed-size detections (see postprocess.postprocess)."""
-        return postprocess(self(images), self.mask, self.classifier, self.stride, max_det)
+        return postprocess(self(images), self.mask, self.classifier, self.stride, max_det, self.score_thresh)
 
 
 def build_model(cfg: ModelConfig) -> TinySeg:
@@ -68,4 +70,5 @@ def build_model(cfg: ModelConfig) -> TinySeg:
         build_mask_head(cfg.mask_head, cfg.neck_channels, backbone.channels[2], cfg.head_channels, cfg.num_prototypes),
         ShapeClassifier(cfg.num_classes),
         cfg.num_classes,
+        cfg.score_thresh,
     )

@@ -22,6 +22,15 @@ from tinyseg.models.heads import Head
 from tinyseg.models.neck import SeparableConv
 
 
+def prototype_table(features: torch.Tensor) -> torch.Tensor:
+    """Prototypes [B, K, h, w] -> [B, h * w, K] (channels last), the one layout both the mask MatMul and the
+    silhouette Gather read. OpenVINO keeps conv outputs channel-blocked (nChw16c: with K = 16 already this
+    layout), so it needs no reorder here; from [B, K, h * w] it reordered the prototypes to planar and back
+    (1.2 ms FP32, 2.6 ms INT8 of a 10-13 ms graph, 1 thread)."""
+    b, k, h, w = features.shape
+    return features.permute(0, 2, 3, 1).reshape(b, h * w, k)
+
+
 class PrototypeMasks(nn.Module):
     """YOLACT / YOLACT-Edge: K shared prototype masks; each peak predicts K coefficients;
     mask logits = coefficients . prototypes (one batched MatMul, exportable as is)."""
@@ -51,7 +60,7 @@ class PrototypeMasks(nn.Module):
         boxes: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, k, h, w = features.shape
-        return torch.bmm(params, features.reshape(b, k, h * w)).reshape(b, -1, h, w)
+        return torch.bmm(params, prototype_table(features).transpose(1, 2)).reshape(b, -1, h, w)
 
     def assemble_at(
         self,
@@ -61,11 +70,11 @@ class PrototypeMasks(nn.Module):
         boxes: torch.Tensor | None,
         index: torch.Tensor,
     ) -> torch.Tensor:
-        # Prototypes as a [B * h * w, K] table: each sample is one row Gather (K contiguous floats) and a dot
-        # product, instead of K element-wise gathers.
+        # Each sample is one row Gather of the table (K contiguous floats) and a dot product, instead of K
+        # element-wise gathers.
         b, k, h, w = features.shape
         n, m = index.shape[1:]
-        table = features.flatten(2).transpose(1, 2).reshape(b * h * w, k)
+        table = prototype_table(features).reshape(b * h * w, k)
         rows = index.reshape(b, n * m) + torch.arange(b, device=index.device).unsqueeze(1) * (h * w)
         picked = table[rows].reshape(b, n, m, k)
         return (picked @ params.unsqueeze(-1)).squeeze(-1)

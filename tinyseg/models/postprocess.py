@@ -52,7 +52,7 @@ def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0
 
 
 def postprocess(
-    outputs: dict[str, torch.Tensor], mask_head, classifier, stride: int, max_det: int
+    outputs: dict[str, torch.Tensor], mask_head, classifier, stride: int, max_det: int, score_thresh: float = 0.0
 ) -> dict[str, torch.Tensor]:
     """Model outputs -> fixed-size detections, all in network-input coordinates:
     boxes [B, K, 4] xyxy pixels, scores [B, K] = P(object) * P(class), classes [B, K] int64, masks [B, K, H, W]
@@ -79,9 +79,13 @@ def postprocess(
     probs = classifier(gather(outputs["classes"], pos), silhouettes).softmax(-1)
     c = probs.shape[-1]
     scores, pair = (objectness.unsqueeze(-1) * probs).reshape(b, k * c).topk(k)
+    # Masks only for the first n pairs, n = the most scores >= score_thresh in any image of the batch.
+    n = (scores >= score_thresh).sum(1).max().clamp(min=1)
+    keep = torch.arange(n, device=pair.device)
+    scores, pair = scores.index_select(1, keep), pair.index_select(1, keep)
     det = (pair // c + torch.arange(b, device=pair.device).unsqueeze(1) * k).reshape(-1)  # into [B * K]
-    boxes = boxes.reshape(b * k, 4)[det].reshape(b, k, 4)
-    centers = centers.reshape(b * k, 2)[det].reshape(b, k, 2)
-    params = params.reshape(b * k, -1)[det].reshape(b, k, -1)
+    boxes = boxes.reshape(b * k, 4)[det].reshape(b, -1, 4)
+    centers = centers.reshape(b * k, 2)[det].reshape(b, -1, 2)
+    params = params.reshape(b * k, -1)[det].reshape(b, -1, params.shape[-1])
     masks = mask_head.assemble(params, features, centers, boxes).sigmoid()
     return {"boxes": boxes, "scores": scores, "classes": pair % c, "masks": masks}
