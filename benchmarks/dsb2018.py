@@ -20,11 +20,10 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from tinyseg.config import Config, apply_overrides, preset
 from tinyseg.evaluation import format_table
-from tinyseg.models.detector import build_model
+from tinyseg.models.detector import build_model, detect_flops
 from tinyseg.train import train
 
 HERE = Path(__file__).resolve().parent
@@ -32,10 +31,7 @@ HERE = Path(__file__).resolve().parent
 
 def model_cost(cfg: Config) -> tuple[int, float]:
     m = build_model(cfg.model).eval()
-    s = cfg.data.imgsz
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        m.detect(torch.zeros(1, 3, s, s), cfg.model.max_det)
-    return sum(p.numel() for p in m.parameters()), fc.get_total_flops() / 1e9
+    return sum(p.numel() for p in m.parameters()), detect_flops(m, cfg.data.imgsz, cfg.model.max_det) / 1e9
 
 
 def main() -> int:

@@ -281,4 +281,4 @@ def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
     assert zoo["int8_mb"] < zoo["fp32_mb"]
     assert [(r["precision"], r["threads"]) for r in res["latency"]] == [("fp32", 1), ("int8", 1)]
     assert all(r["median_ms"] > 0 and 0 < r["graph_median_ms"] and 0 < r["peak_mb"] < 2000 for r in res["latency"])
-    assert "| backend | precision | threads |" in md.read_text()
+    assert "| backend | precision | threads |" in md.read_text() and "INT8 speed-up of the graph" in md.read_text()

@@ -24,7 +24,7 @@ def _file_size(path: Path) -> int:
 
 def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dict:
     """Time predict() (whole pipeline) and run() on the letterboxed image (the graph alone: what is compared
-    with other models' graphs) in this process; returns latency stats and peak RSS."""
+    with other models' graphs) in this process; returns the times (ms) and peak RSS."""
     from tinyseg.cli import load_predictor
     from tinyseg.data.io import read_image
     from tinyseg.data.transforms import letterbox_input
@@ -41,8 +41,7 @@ def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dic
             t = time.perf_counter()
             fn()
             times.append((time.perf_counter() - t) * 1000)
-        stats[f"{name}median_ms"] = float(np.median(times))
-        stats[f"{name}p90_ms"] = float(np.percentile(times, 90))
+        stats[f"{name}times"] = times
     return {**stats, "peak_mb": peak_rss_mb()}
 
 
@@ -67,12 +66,10 @@ def _measure(model: Path | str, backend: str, threads: int, runs: int, image: st
 
 
 def run_bench(a) -> dict:
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
     from tinyseg.data.coco import CocoDataset, load_coco
     from tinyseg.engine import evaluate
     from tinyseg.export import calibration_images, export_onnx, export_openvino, quantize_onnx, quantize_openvino
+    from tinyseg.models.detector import detect_flops
     from tinyseg.predict import Segmenter
     from tinyseg.runtime import EdgeSegmenter
 
@@ -85,13 +82,11 @@ def run_bench(a) -> dict:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     m = seg.model
-    with FlopCounterMode(display=False) as fc, torch.no_grad():
-        m.detect(torch.zeros(1, 3, a.imgsz, a.imgsz), a.max_det)
     row: dict = {
         "model": Path(a.weights).stem,
         "imgsz": a.imgsz,
         "params_m": sum(p.numel() for p in m.parameters()) / 1e6,
-        "gflops": fc.get_total_flops() / 1e9,
+        "gflops": detect_flops(m, a.imgsz, a.max_det) / 1e9,
     }
 
     if a.val:
@@ -132,17 +127,31 @@ def run_bench(a) -> dict:
             met, _ = evaluate(edge.run, ds, max_det=a.max_det, batch=1, show_progress=False)
             row[f"mask_ap_{label}"], row[f"box_ap_{label}"] = met["mask_ap"], met["box_ap"]
 
+    settings = [
+        (backend, prec, t, a.weights if backend == "torch" else models[(backend, prec)])
+        for backend in backends
+        for prec in ("fp32", "int8")
+        if (backend, prec) in models or (backend == "torch" and prec == "fp32")
+        for t in threads
+    ]
+    # The settings take turns, `rounds` times, each a fresh process: a machine that slows down for a while
+    # (a shared VM does) then slows every setting alike instead of whichever happened to run then.
+    rounds = max(1, min(a.rounds, a.runs))
+    samples: dict[int, list[dict]] = {i: [] for i in range(len(settings))}
+    for r in range(rounds):
+        for i, (backend, prec, t, model) in enumerate(settings):
+            print(f"timing {backend} {prec} {t} thread(s), round {r + 1}/{rounds} ...", file=sys.stderr)
+            samples[i].append(_measure(model, backend, t, a.runs // rounds, image))
     latency = []
-    for backend in backends:
-        for prec in ("fp32", "int8"):
-            model = a.weights if backend == "torch" else models.get((backend, prec))
-            if model is None or (backend == "torch" and prec == "int8"):
-                continue
-            for t in threads:
-                print(f"timing {backend} {prec} {t} thread(s) ...", file=sys.stderr)
-                r = _measure(model, backend, t, a.runs, image)
-                latency.append({"backend": backend, "precision": prec, "threads": t, **r})
-    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs}
+    for i, (backend, prec, t, _) in enumerate(settings):
+        stats = {}
+        for name in ("", "graph_"):
+            times = [x for s in samples[i] for x in s[f"{name}times"]]
+            stats[f"{name}median_ms"] = float(np.median(times))
+            stats[f"{name}p90_ms"] = float(np.percentile(times, 90))
+        peak = max(s["peak_mb"] for s in samples[i])
+        latency.append({"backend": backend, "precision": prec, "threads": t, **stats, "peak_mb": peak})
+    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds}
     md = to_markdown(result)
     print(md)
     if a.markdown:
@@ -179,10 +188,19 @@ def to_markdown(result: dict) -> str:
         )
     if "mask_ap_ov_int8" in z:
         lines += ["", f"OpenVINO INT8 (NNCF): mask AP {z['mask_ap_ov_int8']:.3f}, box AP {z['box_ap_ov_int8']:.3f}."]
+    graph = {(r["backend"], r["precision"], r["threads"]): r["graph_median_ms"] for r in result["latency"]}
+    speedups = [
+        f"{b} {t} thread(s) {ms / graph[(b, 'int8', t)]:.2f}x"
+        for (b, p, t), ms in graph.items()
+        if p == "fp32" and (b, "int8", t) in graph
+    ]
+    if speedups:
+        lines += ["", "INT8 speed-up of the graph (FP32 median / INT8 median): " + ", ".join(speedups) + "."]
     lines += [
         "",
         f"Latency: whole pipeline (letterbox, graph, masks back at the original size, conf 0.3) and the graph "
-        f"alone (decode included) on {result['image']}, {result['runs']} warm runs each, one process per row.",
+        f"alone (decode included) on {result['image']}, {result['runs']} warm runs each, in "
+        f"{result.get('rounds', 1)} round(s) of one process per row, the rows taking turns.",
     ]
     return "\n".join(lines)
 

@@ -334,6 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino")
     s.add_argument("--threads", default="1,2", help="comma list of thread counts")
     s.add_argument("--runs", type=int, default=50, help="timed runs per setting (after warm-up)")
+    s.add_argument(
+        "--rounds", type=int, default=3, help="the settings take turns this many times, the runs split among them"
+    )
     s.add_argument("--calib-num", type=int, default=100)
     s.add_argument("--max-det", type=int, default=100)
     s.add_argument("--out", default="runs/bench", help="folder for the exported models")

@@ -44,7 +44,8 @@ class ModelConfig:
     num_classes: int = 1
     # Detections kept per image after the peak finder (top-K). Dense data (DSB2018) needs 500+.
     max_det: int = 100
-    # Score below which peaks are dropped before masks are assembled.
+    # Detections scoring below it are dropped before masks are assembled (K = the most above it in any image of
+    # the batch; 0 keeps max_det). Also what the exported graph does.
     score_thresh: float = 0.05
 
 

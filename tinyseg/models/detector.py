@@ -55,7 +55,7 @@ class TinySeg(nn.Module):
         }
 
     def detect(self, images: torch.Tensor, max_det: int) -> dict[str, torch.Tensor]:
-        """forward + post-processing: fixed-size detections (see postprocess.postprocess)."""
+        """forward + post-processing: detections (see postprocess.postprocess)."""
         return postprocess(self(images), self.mask, self.classifier, self.stride, max_det, self.score_thresh)
 
 
@@ -72,3 +72,17 @@ def build_model(cfg: ModelConfig) -> TinySeg:
         cfg.num_classes,
         cfg.score_thresh,
     )
+
+
+def detect_flops(model: TinySeg, size: int, max_det: int) -> int:
+    """FLOPs (2 per multiply-add, torch.utils.flop_counter) of one size x size image through detect(),
+    post-processing included, in the worst case: all max_det detections get masks (score_thresh 0)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    thresh, model.score_thresh = model.score_thresh, 0.0
+    try:
+        with FlopCounterMode(display=False) as fc, torch.no_grad():
+            model.detect(torch.zeros(1, 3, size, size), max_det)
+    finally:
+        model.score_thresh = thresh
+    return fc.get_total_flops()

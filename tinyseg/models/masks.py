@@ -24,9 +24,10 @@ from tinyseg.models.neck import SeparableConv
 
 def prototype_table(features: torch.Tensor) -> torch.Tensor:
     """Prototypes [B, K, h, w] -> [B, h * w, K] (channels last), the one layout both the mask MatMul and the
-    silhouette Gather read. OpenVINO keeps conv outputs channel-blocked (nChw16c: with K = 16 already this
-    layout), so it needs no reorder here; from [B, K, h * w] it reordered the prototypes to planar and back
-    (1.2 ms FP32, 2.6 ms INT8 of a 10-13 ms graph, 1 thread)."""
+    silhouette Gather read. OpenVINO's CPU plugin keeps this conv output channels-last: read as [B, K, h * w]
+    it was reordered to planar for each reader (1.1-1.3 ms each; once in FP32, twice in INT8, of a 10-13 ms
+    graph at 1 thread). Read channels-last, one 0.6-0.9 ms Transpose is left; ONNX Runtime fuses the
+    transposed MatMul (FusedMatMul)."""
     b, k, h, w = features.shape
     return features.permute(0, 2, 3, 1).reshape(b, h * w, k)
 

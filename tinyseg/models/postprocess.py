@@ -54,7 +54,7 @@ def box_crop(boxes: torch.Tensor, h: int, w: int, stride: int, margin: float = 0
 def postprocess(
     outputs: dict[str, torch.Tensor], mask_head, classifier, stride: int, max_det: int, score_thresh: float = 0.0
 ) -> dict[str, torch.Tensor]:
-    """Model outputs -> fixed-size detections, all in network-input coordinates:
+    """Model outputs -> detections, all in network-input coordinates:
     boxes [B, K, 4] xyxy pixels, scores [B, K] = P(object) * P(class), classes [B, K] int64, masks [B, K, H, W]
     probabilities at the mask features' resolution. A mask is meant inside its box grown by MASK_MARGIN px: the
     host cuts it there at full resolution (results.to_detections); cutting here too cost two broadcast Muls
@@ -63,7 +63,11 @@ def postprocess(
     The K strongest centre peaks get boxes, masks and class probabilities; the output is the top K of the
     (peak, class) pairs, so an object whose class is uncertain appears once per plausible class with the score
     split between them (what per-class AP rewards: +0.027 mask AP on the synthetic val set), while a confident
-    one appears once."""
+    one appears once.
+
+    K is the most pairs scoring >= score_thresh in any image of the batch (at least 1, at most max_det): the
+    masks of the pairs below it were most of the mask tail's work (synthetic val set: 22 of 100 pairs kept on
+    average at 0.05, mask AP 0.472 -> 0.468; DSB2018 at max_det 500: 173 kept, AP unchanged)."""
     h, w = outputs["heatmap"].shape[-2:]
     features = outputs["mask_features"]
     b, _, mh, mw = features.shape
