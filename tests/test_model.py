@@ -73,14 +73,45 @@ def test_giou_hand_computed():
 
 
 def test_mask_losses_hand_computed():
-    logits = torch.zeros(1, 1, 2, 2)  # p = 0.5 everywhere
-    target = torch.tensor([[[[1.0, 0.0], [0.0, 0.0]]]])
-    crop = torch.ones(1, 1, 2, 2)
-    bce, dice = mask_losses(logits, target, crop, torch.ones(1, 1, dtype=torch.bool))
+    logits = torch.zeros(4)  # p = 0.5 at the 4 pixels of instance 0's crop
+    target = torch.tensor([1.0, 0.0, 0.0, 0.0])
+    instance = torch.zeros(4, dtype=torch.long)
+    bce, dice = mask_losses(logits, target, instance, torch.tensor([[True, False]]))
     assert bce.item() == pytest.approx(math.log(2), rel=1e-5)
     assert dice.item() == pytest.approx(1 - (2 * 0.5 + 1) / (2 + 1 + 1), rel=1e-5)
-    bce, dice = mask_losses(logits, target, crop, torch.zeros(1, 1, dtype=torch.bool))
+    bce, dice = mask_losses(logits, target, instance, torch.zeros(1, 2, dtype=torch.bool))
     assert bce.item() == 0 and dice.item() == 0
+
+
+def test_sparse_mask_loss_matches_dense():
+    """The loss builds masks only at the cells of each box (crop_cells + assemble_cells); the same losses
+    computed densely over full [B, N, H, W] masks agree."""
+    from tinyseg.models.masks import PrototypeMasks
+    from tinyseg.models.postprocess import crop_cells
+
+    torch.manual_seed(0)
+    head = PrototypeMasks(8, 4, 8, 3)
+    params, features = torch.randn(2, 3, 3), torch.randn(2, 3, 16, 16)
+    boxes = torch.tensor([[[2.0, 3.0, 20.0, 12.0], [0.0, 0.0, 32.0, 32.0], [5.0, 5.0, 6.0, 6.0]]] * 2)
+    valid = torch.tensor([[True, True, False], [True, False, False]])
+    target = torch.rand(2, 3, 16, 16)
+    instance, image, cell = crop_cells(boxes, valid, 16, 16, 2, margin=2.0)
+    logits = head.assemble_cells(params, features, None, boxes, instance, cell)
+    bce, dice = mask_losses(logits, target.reshape(6, -1)[instance, cell], instance, valid)
+
+    dense = head.assemble(params, features)
+    c = (torch.arange(16) + 0.5) * 2
+    inx = (c >= boxes[..., 0:1] - 2) & (c <= boxes[..., 2:3] + 2)
+    iny = (c >= boxes[..., 1:2] - 2) & (c <= boxes[..., 3:4] + 2)
+    crop = (iny.unsqueeze(-1) & inx.unsqueeze(-2)).float()
+    v = valid.float()
+    b = torch.nn.functional.binary_cross_entropy_with_logits(dense, target, reduction="none")
+    want_bce = ((b * crop).sum((2, 3)) / crop.sum((2, 3)) * v).sum() / v.sum()
+    p = dense.sigmoid() * crop
+    d = 1 - (2 * (p * target).sum((2, 3)) + 1) / (p.sum((2, 3)) + (target * crop).sum((2, 3)) + 1)
+    assert len(cell) == int((crop.sum((2, 3)) * v).sum())  # every cell of every valid box, nothing else
+    assert bce.item() == pytest.approx(want_bce.item(), rel=1e-5)
+    assert dice.item() == pytest.approx(((d * v).sum() / v.sum()).item(), rel=1e-5)
 
 
 def _batch(n_objects: int, size: int = 64, num_classes: int = 2):
