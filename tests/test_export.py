@@ -261,6 +261,8 @@ def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
                 "1",
                 "--runs",
                 "3",
+                "--calib",
+                str(synth / "train.json"),
                 "--calib-num",
                 "8",
                 "--max-det",
@@ -279,6 +281,7 @@ def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
     zoo = res["zoo"]
     assert {"mask_ap_fp32", "box_ap_fp32", "mask_ap_int8", "box_ap_int8", "fp32_mb", "int8_mb", "gflops"} <= set(zoo)
     assert zoo["int8_mb"] < zoo["fp32_mb"]
+    assert res["calib"] == f"{synth / 'train.json'} (8 images)"  # calibrated on training images, not on --val
     assert [(r["precision"], r["threads"]) for r in res["latency"]] == [("fp32", 1), ("int8", 1)]
     assert all(r["median_ms"] > 0 and 0 < r["graph_median_ms"] and 0 < r["peak_mb"] < 2000 for r in res["latency"])
     assert "| backend | precision | threads |" in md.read_text() and "INT8 speed-up of the graph" in md.read_text()

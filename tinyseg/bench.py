@@ -89,14 +89,18 @@ def run_bench(a) -> dict:
         "gflops": detect_flops(m, a.imgsz, a.max_det) / 1e9,
     }
 
-    if a.val:
-        data = load_coco(a.val, a.images)
-        calib = calibration_images(a.val, a.images, a.imgsz, a.calib_num)
-        image = str(data.images[0].file)
+    # INT8 calibration images: --calib (the training images: calibrating on the images the AP is measured on
+    # flatters INT8), else --val, else generated ones.
+    if a.calib or a.val:
+        calib = calibration_images(a.calib or a.val, None if a.calib else a.images, a.imgsz, a.calib_num)
     else:
         from tinyseg.export import _verify_batch
 
         calib = _verify_batch(seg, min(a.calib_num, 32))
+    if a.val:
+        data = load_coco(a.val, a.images)
+        image = str(data.images[0].file)
+    else:
         import cv2
 
         image = str(out / "bench_image.png")
@@ -151,7 +155,8 @@ def run_bench(a) -> dict:
             stats[f"{name}p90_ms"] = float(np.percentile(times, 90))
         peak = max(s["peak_mb"] for s in samples[i])
         latency.append({"backend": backend, "precision": prec, "threads": t, **stats, "peak_mb": peak})
-    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds}
+    calibration = f"{a.calib or a.val or 'generated images'} ({len(calib)} images)"
+    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds, "calib": calibration}
     md = to_markdown(result)
     print(md)
     if a.markdown:
@@ -186,6 +191,8 @@ def to_markdown(result: dict) -> str:
             f"| {r['backend']} | {r['precision']} | {r['threads']} | {r['median_ms']:.2f} | "
             f"{r['p90_ms']:.2f} | {r['graph_median_ms']:.2f} | {r['graph_p90_ms']:.2f} | {r['peak_mb']:.0f} |"
         )
+    if "calib" in result:
+        lines += ["", f"INT8 calibrated on {result['calib']}."]
     if "mask_ap_ov_int8" in z:
         lines += ["", f"OpenVINO INT8 (NNCF): mask AP {z['mask_ap_ov_int8']:.3f}, box AP {z['box_ap_ov_int8']:.3f}."]
     graph = {(r["backend"], r["precision"], r["threads"]): r["graph_median_ms"] for r in result["latency"]}

@@ -337,7 +337,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument(
         "--rounds", type=int, default=3, help="the settings take turns this many times, the runs split among them"
     )
-    s.add_argument("--calib-num", type=int, default=100)
+    s.add_argument(
+        "--calib", help="COCO JSON or image folder for INT8 calibration, e.g. the training set (default: --val)"
+    )
+    s.add_argument("--calib-num", type=int, default=300, help="calibration images (default 300, as export)")
     s.add_argument("--max-det", type=int, default=100)
     s.add_argument("--out", default="runs/bench", help="folder for the exported models")
     s.add_argument("--markdown", help="write the table as Markdown here")
