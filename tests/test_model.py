@@ -95,7 +95,7 @@ def test_sparse_mask_loss_matches_dense():
     boxes = torch.tensor([[[2.0, 3.0, 20.0, 12.0], [0.0, 0.0, 32.0, 32.0], [5.0, 5.0, 6.0, 6.0]]] * 2)
     valid = torch.tensor([[True, True, False], [True, False, False]])
     target = torch.rand(2, 3, 16, 16)
-    instance, image, cell = crop_cells(boxes, valid, 16, 16, 2, margin=2.0)
+    instance, cell = crop_cells(boxes, valid, 16, 16, 2, margin=2.0)
     logits = head.assemble_cells(params, features, None, boxes, instance, cell)
     bce, dice = mask_losses(logits, target.reshape(6, -1)[instance, cell], instance, valid)
 

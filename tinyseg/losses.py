@@ -117,7 +117,7 @@ class Criterion(nn.Module):
         features = outputs["mask_features"]
         mh, mw = features.shape[-2:]
         mstride = size // mh
-        instance, image, cell = crop_cells(targets["boxes"], valid, mh, mw, mstride, MASK_MARGIN)
+        instance, cell = crop_cells(targets["boxes"], valid, mh, mw, mstride, MASK_MARGIN)
         logits = self.mask_head.assemble_cells(params, features, centers, targets["boxes"], instance, cell)
         masks = targets["masks"]  # uint8 [B, N, H, W], 0..255
         target = masks.reshape(-1, mh * mw)[instance, cell].float() / 255

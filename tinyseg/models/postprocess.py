@@ -43,18 +43,18 @@ def decode_boxes(raw: torch.Tensor, centers: torch.Tensor, stride: int, size: in
 
 def crop_cells(
     boxes: torch.Tensor, valid: torch.Tensor, h: int, w: int, stride: int, margin: float = 0.0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor]:
     """The cells (of an h x w grid of `stride`-px cells) whose centre lies inside each valid box grown by
-    `margin` px. boxes [B, N, 4] input pixels, valid [B, N] bool -> (instance [Q] index into B * N, image [Q],
-    flat cell index [Q]), one entry per (instance, cell) pair: only these pixels carry a mask loss, ~1% of
-    the B * N * h * w a dense crop would touch on the synthetic set."""
+    `margin` px. boxes [B, N, 4] input pixels, valid [B, N] bool -> (instance [Q] index into B * N, flat cell
+    index [Q]), one entry per (instance, cell) pair: only these pixels carry a mask loss, ~1% of the
+    B * N * h * w a dense crop would touch on the synthetic set."""
     xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
     inx = (xs >= x1 - margin) & (xs <= x2 + margin)
     iny = (ys >= y1 - margin) & (ys <= y2 + margin) & valid.unsqueeze(-1)
     image, inst, y, x = (iny.unsqueeze(-1) & inx.unsqueeze(-2)).nonzero(as_tuple=True)
-    return image * boxes.shape[1] + inst, image, y * w + x
+    return image * boxes.shape[1] + inst, y * w + x
 
 
 def postprocess(
