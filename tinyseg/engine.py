@@ -138,7 +138,7 @@ def predict_dataset(
     results: list[dict] = []
     cat_ids = dataset.data.cat_ids
     for images, targets in tqdm(loader, desc="eval", disable=not show_progress, leave=False):
-        out = run(images.numpy())
+        out = run(np.ascontiguousarray(images.numpy()))  # graphs take planar NCHW
         for i, (image_id, (h, w)) in enumerate(zip(targets["image_id"], targets["orig_size"])):
             m = targets["matrix"][i]
             lb = Letterbox(float(m[0, 0]), float(m[0, 2]), float(m[1, 2]))

@@ -285,7 +285,10 @@ class CocoDataset(Dataset):
             "orig_size": (rec.height, rec.width),
             "matrix": torch.from_numpy(m),
         }
-        return torch.from_numpy(out).permute(2, 0, 1).contiguous(), target
+        # A [3, S, S] view of the HWC pixels, not a copy: torch's strided uint8 copy took 4.6 of the 8.6 ms this
+        # method spends per training image; collate() stacks the views channels-last, the layout the CPU
+        # training step wants anyway.
+        return torch.from_numpy(out).permute(2, 0, 1), target
 
 
 class EpochSampler(Sampler):
@@ -312,8 +315,9 @@ INSTANCE_KEYS = ("labels", "boxes", "centers", "masks")
 
 
 def collate(batch):
-    """Stack images and dense targets; pad per-instance targets to the largest count, with a `valid` flag."""
-    images = torch.stack([b[0] for b in batch])
+    """Stack images and dense targets; pad per-instance targets to the largest count, with a `valid` flag.
+    Images come out [B, 3, S, S] in channels-last memory (a view of [B, S, S, 3]): one contiguous copy each."""
+    images = torch.stack([b[0].permute(1, 2, 0) for b in batch]).permute(0, 3, 1, 2)
     targets = [b[1] for b in batch]
     out = {k: torch.stack([t[k] for t in targets]) for k in ("heatmap", "box", "box_weight", "ignore", "matrix")}
     n = max(1, max(len(t["labels"]) for t in targets))
