@@ -87,7 +87,15 @@ def test_int8_onnx_runs_and_is_sane(seg, onnx_path, images, tmp_path):
     assert ((out["masks"] >= 0) & (out["masks"] <= 1)).all()
     import onnx
 
-    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(q)).graph.node)
+    graph = onnx.load(str(q)).graph
+    assert any(n.op_type == "QuantizeLinear" for n in graph.node)
+    # The stem conv stays float (int8 over 3 input channels is slower): its weight is a float initializer,
+    # its input the float normalisation; every later conv reads a DequantizeLinear output.
+    floats = {t.name for t in graph.initializer if t.data_type == onnx.TensorProto.FLOAT}
+    dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
+    convs = [n for n in graph.node if n.op_type == "Conv"]
+    assert convs[0].input[1] in floats and convs[0].input[0] not in dequantized
+    assert sum(c.input[1] in floats for c in convs) == 2  # the stem and the heatmap's output conv
     # The decode tail stays float: the max-pool peak test sees real scores.
     ref = seg.run(images[:1], 20)
     assert np.abs(out["scores"][0, :3] - ref["scores"][0, :3]).max() < 0.1
