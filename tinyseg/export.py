@@ -275,8 +275,15 @@ def quantize_openvino(onnx_path: Path, path: str | Path, calib: np.ndarray) -> P
     names = {op.get_friendly_name() for op in model.get_ops()}
     ignored = [n for n in tail_nodes(onnx_path) if n in names]
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
+    # MIXED: symmetric weights, asymmetric activations (the linear bottlenecks and residual sums are signed and
+    # skewed). Measured on the demo model (300 training images for calibration): mask AP 0.476 -> 0.479 against
+    # 0.487 in FP32, graph ~2-3% slower (8.06 -> 8.22 ms, 1 thread, interleaved).
     q = nncf.quantize(
-        model, dataset, subset_size=len(calib), ignored_scope=nncf.IgnoredScope(names=ignored, validate=False)
+        model,
+        dataset,
+        preset=nncf.QuantizationPreset.MIXED,
+        subset_size=len(calib),
+        ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
     )
     meta = json.loads(_onnx_meta(onnx_path))
     meta["precision"] = "int8"
