@@ -9,6 +9,7 @@ import torch
 from tinyseg.config import Config, preset
 from tinyseg.data.coco import CocoDataset, collate, load_coco
 from tinyseg.losses import Criterion, focal_loss, giou_loss, mask_losses
+from tinyseg.models.backbone import StridedDepthwiseConv
 from tinyseg.models.detector import build_model, detect_flops
 from tinyseg.models.postprocess import BOX_SCALE, find_peaks, postprocess
 from tinyseg.targets import build_targets
@@ -28,6 +29,27 @@ def test_head_shapes(name):
     assert m.backbone.strides == (2, 4, 8, 16, 32) and set(m.backbone.channels) == {2, 4, 8, 16, 32}
     det = postprocess(out, m.mask, m.classifier, m.stride, 20)
     assert det["boxes"].shape == (2, 20, 4) and det["masks"].shape == (2, 20, 64, 64)
+
+
+@pytest.mark.parametrize("size", [20, 21])
+def test_strided_depthwise_trains_like_the_strided_conv(size):
+    """CPU training computes the strided depthwise conv at stride 1 and subsamples: same outputs and gradients
+    as the strided conv that inference and export use, odd sizes included."""
+    conv = StridedDepthwiseConv(8, 8, 3, 2, 1, groups=8, bias=False)
+    x = torch.randn(2, 8, size, size).contiguous(memory_format=torch.channels_last).requires_grad_()
+    grads = []
+    for train in (True, False):
+        conv.train(train)
+        x.grad, conv.weight.grad = None, None
+        y = conv(x)
+        (y * torch.arange(y.numel()).reshape(y.shape).sin()).sum().backward()
+        grads.append((y.detach(), x.grad.clone(), conv.weight.grad.clone()))
+    assert grads[0][0].shape == (2, 8, (size + 1) // 2, (size + 1) // 2)
+    assert grads[0][0].is_contiguous(memory_format=torch.channels_last)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    model = build_model(preset("nano"))
+    assert sum(isinstance(m, StridedDepthwiseConv) for m in model.modules()) == 3  # strides 8, 16 and 32
 
 
 def test_nano_budget():
