@@ -95,7 +95,8 @@ def test_int8_onnx_runs_and_is_sane(seg, onnx_path, images, tmp_path):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] in floats and convs[0].input[0] not in dequantized
-    assert sum(c.input[1] in floats for c in convs) == 2  # the stem and the heatmap's output conv
+    # Float too: the heatmap's output conv and the last convs of the prototypes (see export.tail_nodes).
+    assert sum(c.input[1] in floats for c in convs) == 4
     # The decode tail stays float: the max-pool peak test sees real scores.
     ref = seg.run(images[:1], 20)
     assert np.abs(out["scores"][0, :3] - ref["scores"][0, :3]).max() < 0.1
@@ -150,6 +151,18 @@ def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
     xml = quantize_openvino(onnx_path, tmp_path / "q.xml", images)
     out = EdgeSegmenter(xml).run(images[:2])
     assert out["masks"].shape == (2, 20, 64, 64) and np.isfinite(out["scores"]).all()
+    import openvino as ov
+
+    # OpenVINO keeps the stem int8 and the prototypes' last convs float (their input is not a FakeQuantize).
+    ops = {op.get_friendly_name(): op for op in ov.Core().read_model(str(xml)).get_ops()}
+
+    def quantized(conv: str) -> bool:
+        return (
+            ops[conv + "/Conv/WithoutBiases"].input(0).get_source_output().get_node().get_type_name() == "FakeQuantize"
+        )
+
+    assert quantized("/model/backbone/stem/stem.0") and quantized("/model/mask/fine/fine.1/fine.1.0")
+    assert not quantized("/model/mask/fine/fine.2") and not quantized("/model/mask/coarse/coarse.1")
 
 
 BLOCK_TORCH = textwrap.dedent("""

@@ -161,28 +161,34 @@ def calibration_images(source: str, images_dir: str | None, size: int, num: int)
     return np.concatenate([letterbox_input(read_image(f), size)[1] for f in files])
 
 
-def tail_nodes(onnx_path: Path) -> list[str]:
+def tail_nodes(onnx_path: Path, float_stem: bool = True) -> list[str]:
     """Names of the nodes INT8 quantization keeps in float: everything that decodes detections (peaks, top-K,
     gathers, the mask MatMul: exact comparisons and index arithmetic), the centre heatmap's output conv, whose
-    logits are compared for equality with their 3x3 max, and the input normalisation with the stem conv.
+    logits are compared for equality with their 3x3 max, the last convs of the prototypes with their upsampling
+    and sum, and (`float_stem`) the input normalisation with the stem conv.
     The rest of the network, the other heads and the shape classifier's MLP are quantized: keeping the box/mask
     heads and the prototype convs in float as well gave the same AP on the demo model (mask 0.439 either way)
     in a file 8 KB larger.
+    Why the prototypes' outputs: quantized, OpenVINO moved their dequantization scale past the Add into the
+    decode tail, where it ran as two float Multiplies over the prototype table ([B, 25600, 16] and the
+    classifier's samples: 0.6 ms of an 8.4 ms INT8 graph, 1 thread); kept float, the graph took 8.03 ms
+    (ONNX Runtime: no change, 7.02 vs 7.18 ms).
     Why the stem: ONNX Runtime's int8 conv over 3 input channels at 160x160 took 0.70 ms against 0.24 ms in
     float (per-node profile, 1 thread). Kept float together with the normalisation before it, it stays float
     (kept float alone, with its input and output quantized, ONNX Runtime re-quantizes its weights at load
-    time: WeightBiasQuantization); measured: ONNX Runtime INT8 graph 7.37 -> 6.84 ms. NNCF still quantizes
-    the stem conv: OpenVINO names it `.../stem.0/Conv/WithoutBiases`, not in this list (its int8 stem took
-    0.18 ms; AP and latency the same with or without these names ignored)."""
+    time: WeightBiasQuantization); measured: ONNX Runtime INT8 graph 7.37 -> 6.84 ms. OpenVINO's int8 stem is
+    the faster one (0.16 ms + 0.10 ms input reorder against 0.28 + 0.21 ms in float): `float_stem=False`."""
     import onnx
 
     m = onnx.load(str(onnx_path))
     network = ("/model/", "/classifier/mlp/")
-    stem = ("/model/Cast", "/model/Sub", "/model/Mul", "/model/backbone/stem/")
+    keep = ("/model/mask/coarse/coarse.1/", "/model/mask/Resize", "/model/mask/fine/fine.2/", "/model/mask/Add")
+    if float_stem:
+        keep += ("/model/Cast", "/model/Sub", "/model/Mul", "/model/backbone/stem/")
     return [
         n.name
         for n in m.graph.node
-        if not n.name.startswith(network) or n.name.startswith(stem) or "/heatmap/out/" in n.name
+        if not n.name.startswith(network) or n.name.startswith(keep) or "/heatmap/out/" in n.name
     ]
 
 
@@ -275,7 +281,8 @@ def quantize_openvino(onnx_path: Path, path: str | Path, calib: np.ndarray) -> P
     path = Path(path).with_suffix(".xml")
     model = ov.convert_model(str(onnx_path))
     names = {op.get_friendly_name() for op in model.get_ops()}
-    ignored = [n for n in tail_nodes(onnx_path) if n in names]
+    # OpenVINO splits an ONNX Conv `X` into the convolution `X/WithoutBiases` and the bias Add `X`.
+    ignored = [m for n in tail_nodes(onnx_path, float_stem=False) for m in (n, n + "/WithoutBiases") if m in names]
     dataset = nncf.Dataset([calib[i : i + 1] for i in range(len(calib))])
     # MIXED: symmetric weights, asymmetric activations (the linear bottlenecks and residual sums are signed and
     # skewed). Measured on the demo model (300 training images for calibration): mask AP 0.476 -> 0.479 against
