@@ -182,7 +182,7 @@ def tail_nodes(onnx_path: Path, float_stem: bool = True) -> list[str]:
 
     m = onnx.load(str(onnx_path))
     network = ("/model/", "/classifier/mlp/")
-    keep = ("/model/mask/coarse/coarse.1/", "/model/mask/Resize", "/model/mask/fine/fine.2/", "/model/mask/Add")
+    keep = ("/model/mask/coarse/coarse.1/", "/model/mask/Resize", "/model/mask/Add", "/model/mask/out/")
     if float_stem:
         keep += ("/model/Cast", "/model/Sub", "/model/Mul", "/model/backbone/stem/")
     return [

@@ -55,6 +55,8 @@ class EdgeSegmenter:
                 raise RuntimeError_(f"{self.path}: no tinyseg metadata ({key}); export it with `tinyseg export`")
         self.class_names: list[str] = list(self.meta["class_names"])
         self.imgsz: int = int(self.meta["imgsz"])
+        if backend == "openvino":
+            self._openvino_request(1)  # compile now: a model the device cannot run fails here, not mid-stream
 
     def _init_onnxruntime(self, threads: int | None) -> None:
         try:
@@ -97,8 +99,20 @@ class EdgeSegmenter:
             config["INFERENCE_PRECISION_HINT"] = "f32"
             if threads:
                 config["INFERENCE_NUM_THREADS"] = threads
-        self.compiled = core.compile_model(model, device, config)
-        self.request = self.compiled.create_infer_request()
+        self._core, self._model, self._device, self._config = core, model, device, config
+        self._requests: dict = {}
+
+    def _openvino_request(self, batch: int):
+        """An infer request compiled for this batch size (cached). OpenVINO's CPU plugin runs a static-shape
+        graph faster: its layout optimizations skip dynamic nodes (mask prototypes handed to the MatMul without a
+        copy, Transpose + Reorder merged), 13.3 -> 11.6 ms for the FP32 nano graph at 1 thread."""
+        if batch not in self._requests:
+            model = self._model.clone()
+            s = self.imgsz
+            model.reshape({model.inputs[0]: [batch, 3, s, s]})
+            compiled = self._core.compile_model(model, self._device, self._config)
+            self._requests[batch] = (compiled, compiled.create_infer_request())
+        return self._requests[batch]
 
     def run(self, images: np.ndarray) -> dict[str, np.ndarray]:
         """Raw graph call: letterboxed uint8 [B, 3, S, S] -> {boxes, scores, classes, masks} (input coordinates)."""
@@ -111,8 +125,9 @@ class EdgeSegmenter:
         if self.backend == "onnxruntime":
             outs = self.session.run(None, {"images": images})
         else:
-            res = self.request.infer({0: images})
-            outs = [res[o] for o in self.compiled.outputs]
+            compiled, request = self._openvino_request(len(images))
+            res = request.infer({0: images})
+            outs = [res[o] for o in compiled.outputs]
         return dict(zip(("boxes", "scores", "classes", "masks"), outs))
 
     def predict(self, image: np.ndarray, conf: float = 0.3) -> Detections:
