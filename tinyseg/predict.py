@@ -18,7 +18,7 @@ from tinyseg.data.coco import read_image
 from tinyseg.models.detector import TinySeg, build_model
 from tinyseg.results import Detections, predict_image
 
-CHECKPOINT_FORMAT = "tinyseg/3"  # /2: prototypes were up(coarse) + fine (no conv after the sum)
+CHECKPOINT_FORMAT = "tinyseg/2"
 
 
 class CheckpointError(ValueError):

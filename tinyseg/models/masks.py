@@ -44,12 +44,7 @@ class PrototypeMasks(nn.Module):
         # Prototypes are formed at stride 4 (context) and upsampled; a thin stride-2 path adds edge detail.
         # Everything at stride 2 has only K channels: at 160x160 each extra channel costs more than it gives.
         self.coarse = nn.Sequential(SeparableConv(cin, hidden), nn.Conv2d(hidden, k, 1))
-        self.fine = nn.Sequential(ConvBNAct(fine_channels, k, 1), ConvBNAct(k, k, 3, groups=k))
-        # The last op is a 1x1 conv over the sum (not a sum of two conv outputs): OpenVINO then hands that conv's
-        # channels-last output to the mask MatMul and Gather as the [B, h * w, K] table without copying it (a
-        # conv with a fused sum blocks that), which saved a 0.9 ms Transpose + 0.2 ms reorder of a 10-12 ms
-        # graph at 1 thread. Same function class as a sum of two convs: W (a + up(c)) + b = W a + up(W c) + b.
-        self.out = nn.Conv2d(k, k, 1)
+        self.fine = nn.Sequential(ConvBNAct(fine_channels, k, 1), ConvBNAct(k, k, 3, groups=k), nn.Conv2d(k, k, 1))
         self.coefficients = Head(cin, hidden, num_prototypes)
         nn.init.normal_(self.coefficients.out.weight, std=0.1)  # non-zero start: masks differ from the first step
         self.num_params = num_prototypes
@@ -58,7 +53,7 @@ class PrototypeMasks(nn.Module):
         """x [B, C, S/4, S/4] fused map, fine [B, C2, S/2, S/2] -> (coefficients [B, K, S/4, S/4],
         prototypes [B, K, S/2, S/2])."""
         up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
-        return self.coefficients(x), self.out(self.fine(fine) + up)
+        return self.coefficients(x), up + self.fine(fine)
 
     def assemble(
         self,
