@@ -269,11 +269,13 @@ def test_shape_classifier_silhouettes():
     from tinyseg.models.masks import PrototypeMasks
 
     head = PrototypeMasks(8, 4, 8, 3)
-    params, features = torch.randn(1, 2, 3), torch.randn(1, 3, 40, 40)
-    full = head.assemble(params, features)
-    index = clf.points(boxes, 40, 40, 2)
-    at = head.assemble_at(params, features, None, None, index)
-    assert torch.allclose(at, full.reshape(1, 2, -1).gather(2, index), atol=1e-5)
+    for size in (40, 41):  # an even number of cells: rows of two cells; odd: rows of one
+        params, features = torch.randn(2, 2, 3), torch.randn(2, 3, size, size)
+        full = head.assemble(params, features)
+        index = clf.points(boxes.expand(2, -1, -1), size, size, 2)
+        index[1] = (index[1].flip(-1) + 1) % (size * size)  # other cells in the second image
+        at = head.assemble_at(params, features, None, None, index)
+        assert torch.allclose(at, full.reshape(2, 2, -1).gather(2, index), atol=1e-5)
 
 
 def _tiny_cfg() -> Config:
