@@ -157,7 +157,11 @@ def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
     pytest.importorskip("nncf")
     from tinyseg.export import quantize_openvino
 
-    xml = quantize_openvino(onnx_path, tmp_path / "q.xml", images)
+    # Calibration images whose brightest pixels differ: one reaches 255, three stay at or below 140.
+    calib = np.minimum(images, np.array([255, 140, 140, 140], np.uint8)[:, None, None, None])
+    calib[:, :, 0, 0] = 0
+    calib[0, :, 0, 1] = 255
+    xml = quantize_openvino(onnx_path, tmp_path / "q.xml", calib)
     out = EdgeSegmenter(xml).run(images[:2])
     assert out["masks"].shape == (2, 20, 64, 64) and np.isfinite(out["scores"]).all()
     import openvino as ov
@@ -172,6 +176,11 @@ def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
 
     assert quantized("/model/backbone/stem/stem.0") and quantized("/model/mask/fine/fine.1/fine.1.0")
     assert not quantized("/model/mask/fine/fine.2") and not quantized("/model/mask/coarse/coarse.1")
+    # Activation ranges span all calibration images: the stem's input, (x - 127.5) / 63.75, from -2 to 2 (NNCF's
+    # default, the mean over images of each one's min and max, would put the top near (2 + 3 * 0.2) / 4 = 0.65).
+    fq = ops["/model/backbone/stem/stem.0/Conv/WithoutBiases"].input(0).get_source_output().get_node()
+    low, high = (fq.input(i).get_source_output().get_node().get_data().item() for i in (1, 2))
+    assert low == pytest.approx(-2.0, abs=0.05) and high == pytest.approx(2.0, abs=0.05)
 
 
 BLOCK_TORCH = textwrap.dedent("""

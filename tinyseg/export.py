@@ -304,6 +304,7 @@ def quantize_onnx(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
 def quantize_openvino(onnx_path: Path, path: str | Path, calib: np.ndarray) -> Path:
     """INT8 with NNCF post-training quantization; the decode tail and head outputs stay in float."""
     import nncf
+    from nncf.quantization.range_estimator import RangeEstimatorParametersSet
 
     path = Path(path).with_suffix(".xml")
     model = _convert_openvino(onnx_path)
@@ -315,12 +316,20 @@ def quantize_openvino(onnx_path: Path, path: str | Path, calib: np.ndarray) -> P
     # MIXED: symmetric weights, asymmetric activations (the linear bottlenecks and residual sums are signed and
     # skewed). Measured on the demo model (300 training images for calibration): mask AP 0.476 -> 0.479 against
     # 0.487 in FP32, graph ~2-3% slower (8.06 -> 8.22 ms, 1 thread, interleaved).
+    # MINMAX: activation ranges from the smallest and largest value over all calibration images, as onnxruntime
+    # does, not NNCF's default mean over images of each image's min and max, which clips what only a few images
+    # reach (the strongest centre peaks among them). Mask AP (FP32 / mean-min-max / min-max): demo model
+    # 0.524 / 0.512 / 0.520, another demo model 0.487 / 0.479 / 0.488, DSB2018 0.460 / 0.447 / 0.460;
+    # same speed (6.56 vs 6.48 ms, 1 thread, interleaved).
     q = nncf.quantize(
         model,
         dataset,
         preset=nncf.QuantizationPreset.MIXED,
         subset_size=len(calib),
         ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+        advanced_parameters=nncf.AdvancedQuantizationParameters(
+            activations_range_estimator_params=RangeEstimatorParametersSet.MINMAX
+        ),
     )
     meta = json.loads(_onnx_meta(onnx_path))
     meta["precision"] = "int8"
