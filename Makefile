@@ -16,7 +16,7 @@ $(BIN)/.installed: pyproject.toml
 	touch $@
 
 demo: $(BIN)/.installed
-	$(BIN)/python -m tinyseg.demo --out $(DEMO)
+	$(BIN)/python -m tinyseg.tools.demo --out $(DEMO)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest tests

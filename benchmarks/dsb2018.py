@@ -24,7 +24,7 @@ import torch
 from tinyseg.config import Config, apply_overrides, preset
 from tinyseg.evaluation import format_table
 from tinyseg.models.detector import build_model, detect_flops
-from tinyseg.train import train
+from tinyseg.training.trainer import train
 
 HERE = Path(__file__).resolve().parent
 

@@ -74,7 +74,7 @@ def write_png(path: Path, h: int = 32, w: int = 32, mode: str = "RGB") -> None:
 def tiny_run(synth, tmp_path_factory) -> Path:
     """A real 2-epoch training run of nano at 128 px on the synthetic set (a few seconds)."""
     from tinyseg.config import Config, preset
-    from tinyseg.train import train
+    from tinyseg.training.trainer import train
 
     out = tmp_path_factory.mktemp("run")
     cfg = Config()
@@ -84,3 +84,31 @@ def tiny_run(synth, tmp_path_factory) -> Path:
     cfg.train.val_interval = 1
     train(cfg, show_progress=False)
     return out
+
+
+def square_batch(n_objects: int, size: int = 64, num_classes: int = 2):
+    """A training batch through TrainingCollate: n_objects 6x6 squares (class alternating) in image 0 and none
+    in image 1, as the dataset would sample them (masks at stride 2, no crowd)."""
+    from tinyseg.training.targets import TrainingCollate
+
+    batch = []
+    for n in (n_objects, 0):
+        masks = np.zeros((n, size // 2, size // 2), np.uint8)
+        boxes = np.zeros((n, 4), np.float32)
+        for k in range(n):
+            y, x = divmod(k, size // 8)
+            y, x = (y * 8) % size, x * 8
+            masks[k, y // 2 : (y + 6) // 2, x // 2 : (x + 6) // 2] = 255
+            boxes[k] = (x, y, x + 6, y + 6)
+        sample = {
+            "labels": torch.from_numpy(np.arange(n) % num_classes),
+            "boxes": torch.from_numpy(boxes),
+            "mask_index": torch.arange(n),
+            "masks": torch.from_numpy(masks),
+            "crowd": torch.zeros(size // 2, size // 2, dtype=torch.uint8),
+            "image_id": 0,
+            "orig_size": (size, size),
+            "matrix": torch.eye(2, 3),
+        }
+        batch.append((torch.zeros(3, size, size, dtype=torch.uint8), sample))
+    return TrainingCollate(4, 2)(batch)

@@ -2,7 +2,7 @@
 
 import json
 
-from tinyseg.cli import main
+from tinyseg.tools.cli import main
 
 
 def test_synth_and_show(tmp_path, capsys):

@@ -3,9 +3,12 @@ import pycocotools.mask as mask_util
 import pytest
 import torch
 
-from tinyseg.config import DataConfig
-from tinyseg.data.coco import CocoDataset, DatasetError, DatasetWarning, collate, load_coco, read_image
+from tinyseg.data.coco import load_coco
+from tinyseg.data.dataset import CocoDataset, TrainingSamples
 from tinyseg.data.transforms import masks_to_boxes
+from tinyseg.errors import DataError, DataWarning
+from tinyseg.io import read_image
+from tinyseg.training.targets import TrainingCollate
 
 from .conftest import grid_rectangles, write_coco, write_png
 
@@ -14,6 +17,22 @@ SQUARE = [4.0, 4.0, 20.0, 4.0, 20.0, 20.0, 4.0, 20.0]
 
 def _img(i=1, name="a.png", h=32, w=32):
     return {"id": i, "file_name": name, "height": h, "width": w}
+
+
+def _samples(mask_stride=2, **kw) -> TrainingSamples:
+    """Training samples without augmentation (scale 1, no flip, no jitter) unless kw says otherwise."""
+    args = dict(scale_min=1, scale_max=1, flip_prob=0, color_jitter=0, min_pixels=6, max_mask_instances=10**6)
+    return TrainingSamples(**{**args, **kw}, mask_stride=mask_stride)
+
+
+def _targets(data, size, i=0):
+    """Image i's training targets (batch dimension dropped)."""
+    ds = CocoDataset(data, size, _samples())
+    _, t = TrainingCollate(4, 2)([ds[i]])
+    return {
+        k: v[0] if isinstance(v, torch.Tensor) and k not in ("mask_instance", "mask_cell", "mask_value") else v
+        for k, v in t.items()
+    }
 
 
 def test_polygon_rle_and_uncompressed_rle_agree(tmp_path):
@@ -57,8 +76,7 @@ def test_crowd_is_ignore_region_and_category_ids_map(tmp_path):
     rec = data.images[0]
     assert rec.labels == [1] and len(rec.crowd_rles) == 1  # crowd is not an object
     assert len(data.images) == 2 and data.images[1].labels == []  # image without annotations is kept
-    ds = CocoDataset(data, 32, train=False)
-    _, t = ds[0]
+    t = _targets(data, 32)
     assert t["labels"].tolist() == [1]
     assert t["ignore"][6, 6] and not t["ignore"][1, 1]  # crowd region (22..30 px) at stride 4 is ignored
     assert t["heatmap"][0].max() == 1
@@ -75,17 +93,17 @@ def test_image_modes_become_rgb(tmp_path, mode):
 
 
 def test_bad_inputs_give_clear_errors(tmp_path):
-    with pytest.raises(DatasetError, match="missing.json: annotation file not found"):
+    with pytest.raises(DataError, match="missing.json: annotation file not found"):
         load_coco(tmp_path / "missing.json")
     (tmp_path / "bad.json").write_text("{not json")
-    with pytest.raises(DatasetError, match="bad.json: not valid JSON"):
+    with pytest.raises(DataError, match="bad.json: not valid JSON"):
         load_coco(tmp_path / "bad.json")
     (tmp_path / "list.json").write_text("[1, 2]")
-    with pytest.raises(DatasetError, match="list.json: not a COCO instances file"):
+    with pytest.raises(DataError, match="list.json: not a COCO instances file"):
         load_coco(tmp_path / "list.json")
-    with pytest.raises(DatasetError, match="empty"):
+    with pytest.raises(DataError, match="empty"):
         load_coco(write_coco(tmp_path, [], [], name="empty.json"))
-    with pytest.raises(DatasetError, match="image folder not found"):
+    with pytest.raises(DataError, match="image folder not found"):
         load_coco(write_coco(tmp_path, [_img()], [], name="x.json"), tmp_path / "nope")
 
 
@@ -105,14 +123,13 @@ def test_recoverable_problems_warn_and_skip(tmp_path):
         },  # partly outside the 32x32 image
         {"id": 4, "image_id": 99, "category_id": 1, "segmentation": [SQUARE], "iscrowd": 0},
     ]
-    with pytest.warns(DatasetWarning) as rec:
+    with pytest.warns(DataWarning) as rec:
         data = load_coco(write_coco(tmp_path, images, anns))
     text = " | ".join(str(w.message) for w in rec)
     assert "fewer than 3 points" in text and "gone.png" in text and "unknown image_id" in text
     assert "bbox outside the image" in text
     assert len(data.images) == 1 and len(data.images[0].rles) == 1
-    ds = CocoDataset(data, 32, train=False)
-    _, t = ds[0]
+    _, t = CocoDataset(data, 32, _samples())[0]
     assert t["boxes"].tolist() == [[20.0, 20.0, 32.0, 32.0]]  # the box is the clipped mask's box
 
 
@@ -120,16 +137,16 @@ def test_truncated_image_names_file(tmp_path):
     write_png(tmp_path / "a.png")
     data = (tmp_path / "a.png").read_bytes()
     (tmp_path / "a.png").write_bytes(data[: len(data) // 2])
-    with pytest.raises(DatasetError, match="a.png: not a readable image"):
+    with pytest.raises(DataError, match="a.png: not a readable image"):
         read_image(tmp_path / "a.png")
     (tmp_path / "t.png").write_text("hello")
-    with pytest.raises(DatasetError, match="t.png: not a readable image"):
+    with pytest.raises(DataError, match="t.png: not a readable image"):
         read_image(tmp_path / "t.png")
 
 
 def test_train_transform_keeps_masks_and_boxes_consistent(synth):
     data = load_coco(synth / "train.json")
-    ds = CocoDataset(data, 128, train=True, stride=1, max_mask_instances=10**6)
+    ds = CocoDataset(data, 128, _samples(1, scale_min=0.75, scale_max=1.33, flip_prob=0.5, color_jitter=0.3))
     for i in range(6):
         img, t = ds[(0, i)]
         assert img.shape == (3, 128, 128) and img.dtype == torch.uint8
@@ -144,8 +161,8 @@ def test_train_transform_keeps_masks_and_boxes_consistent(synth):
 
 def test_flip_mirrors_image_and_masks(synth):
     data = load_coco(synth / "train.json")
-    plain = CocoDataset(data, 128, train=True, stride=1, scale_min=1, scale_max=1, flip_prob=0, color_jitter=0)
-    flip = CocoDataset(data, 128, train=True, stride=1, scale_min=1, scale_max=1, flip_prob=1, color_jitter=0)
+    plain = CocoDataset(data, 128, _samples(1))
+    flip = CocoDataset(data, 128, _samples(1, flip_prob=1))
     i = next(k for k in range(len(data.images)) if data.images[k].labels)
     a, ta = plain[(0, i)]
     b, tb = flip[(0, i)]
@@ -159,9 +176,8 @@ def test_collate_pads_dense_images(tmp_path):
     write_png(tmp_path / "b.png", 256, 256)
     anns = grid_rectangles(500, 25, 10, 12, 7, 9, 1)
     data = load_coco(write_coco(tmp_path, [_img(1, "a.png", 256, 256), _img(2, "b.png", 256, 256)], anns))
-    dc = DataConfig(imgsz=256)
-    ds = CocoDataset(data, 256, train=False, max_mask_instances=dc.max_mask_instances)
-    images, t = collate([ds[0], ds[1]])
+    ds = CocoDataset(data, 256, _samples())
+    images, t = TrainingCollate(4, 2)([ds[0], ds[1]])
     assert images.shape == (2, 3, 256, 256)
     assert t["valid"].shape == (2, 500) and t["valid"][0].all() and not t["valid"][1].any()
     assert t["masks"].shape == (2, 500, 128, 128)
@@ -178,5 +194,6 @@ def test_downsample_crops_equals_full_resolution_average():
         x0, y0 = rng.integers(0, 280, 2)
         crops.append(T.MaskCrop(int(x0), int(y0), (rng.random((h, w)) > 0.3).astype(np.uint8)))
     for stride in (1, 2, 4):
-        full = T.downsample_masks(T.paste(crops, 320), stride)
-        assert np.array_equal(T.downsample_crops(crops, 320, stride), full)
+        full = T.paste(crops, 320).reshape(20, 320 // stride, stride, 320 // stride, stride).astype(np.float32)
+        want = np.round(full.mean((2, 4)) * 255).astype(np.uint8)
+        assert np.array_equal(T.downsample_crops(crops, 320, stride), want)

@@ -7,7 +7,7 @@ def test_yaml_round_trip(tmp_path):
     cfg = Config()
     cfg.model = preset("small")
     cfg.train.lr = 0.123
-    cfg.save(tmp_path / "c.yaml")
+    (tmp_path / "c.yaml").write_text(cfg.to_yaml())
     back = Config.load(tmp_path / "c.yaml")
     assert back == cfg
     assert back.model.depths == preset("small").depths

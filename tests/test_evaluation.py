@@ -6,7 +6,8 @@ import pytest
 
 from tinyseg.data.coco import decode_masks, load_coco
 from tinyseg.data.transforms import masks_to_boxes
-from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth, write_json
+from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth
+from tinyseg.io import write_json
 
 from .conftest import grid_rectangles, write_coco, write_png
 

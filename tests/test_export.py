@@ -10,10 +10,14 @@ import cv2
 import numpy as np
 import pytest
 
-from tinyseg.cli import main
-from tinyseg.export import _verify_batch, check_parity, export_onnx, export_openvino, quantize_onnx
+from tinyseg.deploy.export.onnx import export_onnx, float_node_names, onnx_meta
+from tinyseg.deploy.export.openvino import export_openvino
+from tinyseg.deploy.export.parity import check_parity, verify_batch
+from tinyseg.deploy.export.quantize import quantize_onnx
+from tinyseg.errors import EdgeRuntimeError
 from tinyseg.predict import Segmenter
-from tinyseg.runtime import EdgeSegmenter, RuntimeError_
+from tinyseg.runtime import EdgeSegmenter
+from tinyseg.tools.cli import main
 
 
 @pytest.fixture(scope="module")
@@ -23,7 +27,7 @@ def ckpt(tiny_run, tmp_path_factory):
     checks about the graph, not about tie-breaking."""
     import torch
 
-    from tinyseg.predict import load_checkpoint, save_checkpoint
+    from tinyseg.checkpoint import load_checkpoint, save_checkpoint
 
     ck = load_checkpoint(tiny_run / "best.pt")
     g = torch.Generator().manual_seed(0)
@@ -47,7 +51,7 @@ def onnx_path(seg, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def images(seg):
-    return _verify_batch(seg, 4)
+    return verify_batch(seg.imgsz, 4)
 
 
 def test_onnx_matches_pytorch(seg, onnx_path, images):
@@ -104,7 +108,7 @@ def test_int8_onnx_runs_and_is_sane(seg, onnx_path, images, tmp_path):
     dequantized = {o for n in graph.node if n.op_type == "DequantizeLinear" for o in n.output}
     convs = [n for n in graph.node if n.op_type == "Conv"]
     assert convs[0].input[1] in floats and convs[0].input[0] not in dequantized
-    # Float too: the heatmap's output conv and the last convs of the prototypes (see export.tail_nodes).
+    # Float too: the heatmap's output conv and the last convs of the prototypes (see quantize.tail_nodes).
     assert sum(c.input[1] in floats for c in convs) == 4
     # The decode tail stays float: the max-pool peak test sees real scores.
     ref = seg.run(images[:1], 20)
@@ -118,7 +122,7 @@ def test_compact_keeps_the_computation(onnx_path, images, tmp_path):
     import onnxruntime as ort
     from onnx import helper, numpy_helper
 
-    from tinyseg.export import compact
+    from tinyseg.deploy.export.quantize import compact
 
     model = onnx.load(str(onnx_path))
     # Route the first Conv's weight through an int8 DequantizeLinear with zero points of 0, as QDQ files do.
@@ -155,7 +159,7 @@ def test_compact_keeps_the_computation(onnx_path, images, tmp_path):
 
 def test_int8_openvino_runs(seg, onnx_path, images, tmp_path):
     pytest.importorskip("nncf")
-    from tinyseg.export import quantize_openvino
+    from tinyseg.deploy.export.quantize import quantize_openvino
 
     # Calibration images whose brightest pixels differ: one reaches 255, three stay at or below 140.
     calib = np.minimum(images, np.array([255, 140, 140, 140], np.uint8)[:, None, None, None])
@@ -196,11 +200,11 @@ BLOCK_TORCH = textwrap.dedent("""
 def test_runtime_never_imports_torch(onnx_path, synth, tmp_path):
     code = BLOCK_TORCH + textwrap.dedent(f"""
         from tinyseg.runtime import EdgeSegmenter
-        from tinyseg.data.io import read_image
+        from tinyseg.io import read_image
         seg = EdgeSegmenter({str(onnx_path)!r})
         det = seg.predict(read_image({str(synth / "images/val/000000.png")!r}), conf=0.0)
         assert det.masks.shape == (20, 128, 128), det.masks.shape
-        from tinyseg.cli import main
+        from tinyseg.tools.cli import main
         rc = main(["predict", "--weights", {str(onnx_path)!r}, "--source", {str(synth / "images/val")!r},
                    "--out", {str(tmp_path / "p")!r}, "--conf", "0.1"])
         assert rc == 0
@@ -227,15 +231,15 @@ def test_predict_on_generated_video(onnx_path, synth, tmp_path, capsys):
 
 def test_edge_errors_are_clear(onnx_path, tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
-    with pytest.raises(RuntimeError_, match="bad.onnx: not a loadable ONNX model"):
+    with pytest.raises(EdgeRuntimeError, match="bad.onnx: not a loadable ONNX model"):
         EdgeSegmenter(tmp_path / "bad.onnx")
-    with pytest.raises(RuntimeError_, match="expected .onnx or OpenVINO .xml"):
+    with pytest.raises(EdgeRuntimeError, match="expected .onnx or OpenVINO .xml"):
         (tmp_path / "m.tflite").write_bytes(b"x")
         EdgeSegmenter(tmp_path / "m.tflite")
     edge = EdgeSegmenter(onnx_path)
-    with pytest.raises(RuntimeError_, match=r"expects uint8 \[B, 3, 128, 128\]"):
+    with pytest.raises(EdgeRuntimeError, match=r"expects uint8 \[B, 3, 128, 128\]"):
         edge.run(np.zeros((1, 3, 320, 320), np.uint8))
-    with pytest.raises(RuntimeError_, match="expects uint8"):
+    with pytest.raises(EdgeRuntimeError, match="expects uint8"):
         edge.run(np.zeros((1, 128, 128, 3), np.uint8))  # NHWC instead of NCHW
     assert main(["predict", "--weights", str(onnx_path), "--source", "99", "--max-frames", "1"]) == 2
     assert "camera 99 could not be opened" in capsys.readouterr().err
@@ -251,7 +255,7 @@ def test_missing_backend_names_the_extra(onnx_path):
                 if name.split(".")[0] == "onnxruntime":
                     raise ImportError("blocked")
         sys.meta_path.insert(0, Block())
-        from tinyseg.cli import main
+        from tinyseg.tools.cli import main
         sys.exit(main(["predict", "--weights", {str(onnx_path)!r}, "--source", {str(onnx_path)!r}]))
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
@@ -324,3 +328,36 @@ def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
     assert [(r["precision"], r["threads"]) for r in res["latency"]] == [("fp32", 1), ("int8", 1)]
     assert all(r["median_ms"] > 0 and 0 < r["graph_median_ms"] and 0 < r["peak_mb"] < 2000 for r in res["latency"])
     assert "| backend | precision | threads |" in md.read_text() and "INT8 speed-up of the graph" in md.read_text()
+
+
+def test_node_names_the_export_relies_on_exist(seg, onnx_path):
+    """The node names INT8 keeps in float and OpenVINO rewires are derived from the model's modules; each must
+    name nodes of the exported graph (a rename in the model would otherwise silently quantize them)."""
+    import onnx
+
+    names = [n.name for n in onnx.load(str(onnx_path)).graph.node]
+    nodes = float_node_names(seg.model)
+    assert onnx_meta(onnx_path)["nodes"] == nodes
+    for prefix in nodes["network"] + nodes["keep_float"] + nodes["stem"]:
+        assert any(n.startswith(prefix) for n in names), prefix
+    assert nodes["prototype_sum"] in names
+    assert nodes["keep_float"][0] == "/model/heatmap/out/" and "/model/mask/Add" in nodes["keep_float"]
+
+
+def test_predict_json_uses_the_datasets_category_ids(ckpt, onnx_path, synth, tmp_path):
+    """COCO results carry the dataset's own category ids, from the checkpoint and from an exported model."""
+    from tinyseg.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(ckpt)
+    ck["cat_ids"] = [10, 20, 30, 40, 50, 60]
+    save_checkpoint(ck, tmp_path / "ids.pt")
+    assert (
+        main(["export", "--weights", str(tmp_path / "ids.pt"), "--format", "onnx", "--out", str(tmp_path / "i.onnx")])
+        == 0
+    )
+    for weights in (tmp_path / "ids.pt", tmp_path / "i.onnx"):
+        out = tmp_path / f"r_{weights.suffix[1:]}.json"
+        args = ["predict", "--weights", str(weights), "--source", str(synth / "images/val"), "--conf", "0.0"]
+        assert main(args + ["--out", str(tmp_path / "p"), "--json", str(out)]) == 0
+        ids = {r["category_id"] for r in json.loads(out.read_text())}
+        assert ids and ids <= {10, 20, 30, 40, 50, 60}, ids

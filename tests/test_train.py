@@ -6,9 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from tinyseg.cli import main
+from tinyseg.checkpoint import load_checkpoint, save_checkpoint
 from tinyseg.config import Config, preset
-from tinyseg.predict import CheckpointError, Segmenter, load_checkpoint, save_checkpoint
+from tinyseg.errors import CheckpointError
+from tinyseg.predict import Segmenter
+from tinyseg.tools.cli import main
 
 
 def _cfg(synth, out, epochs=2) -> Config:
@@ -57,7 +59,7 @@ def test_checkpoint_alone_predicts_same_outputs(run, synth, tmp_path):
 def test_resume_continues_from_same_step(synth, tmp_path, monkeypatch):
     """A 3-epoch run that crashes after epoch 2 and is resumed ends with the same weights as one that never
     stopped (exact resume: optimiser, EMA, schedule, sampler and augmentation all continue)."""
-    import tinyseg.train as tr
+    import tinyseg.training.trainer as tr
 
     a = tmp_path / "a"
     tr.train(_cfg(synth, a, epochs=3), show_progress=False)
@@ -156,9 +158,33 @@ def test_bad_checkpoints(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_cleanly(synth, tmp_path):
-    from tinyseg.train import TrainingError, train
+    from tinyseg.errors import TrainingError
+    from tinyseg.training.trainer import train
 
     cfg = _cfg(synth, tmp_path / "nan", epochs=2)
     cfg.train.lr = float("inf")
     with pytest.raises(TrainingError, match="non-finite loss"):
         train(cfg, show_progress=False)
+
+
+def test_best_checkpoint_is_the_ema_model(synth, tmp_path, monkeypatch):
+    """best.pt holds the EMA weights of the epoch that scored best, bit for bit; last.pt the raw ones too."""
+    import tinyseg.training.trainer as tr
+
+    kept = {}
+    real_save_run = tr.save_run
+
+    def remember(run, ap):
+        real_save_run(run, ap)
+        if (tmp_path / "e" / "best.pt").stat().st_mtime_ns != kept.get("mtime"):
+            kept["mtime"] = (tmp_path / "e" / "best.pt").stat().st_mtime_ns
+            kept["ema"] = {k: v.clone() for k, v in run.opt.ema.model.state_dict().items()}
+            kept["raw"] = {k: v.clone() for k, v in run.model.state_dict().items()}
+
+    monkeypatch.setattr(tr, "save_run", remember)
+    tr.train(_cfg(synth, tmp_path / "e", epochs=2), show_progress=False)
+    best = torch.load(tmp_path / "e" / "best.pt", weights_only=True)
+    assert best["model"].keys() == kept["ema"].keys()
+    for k, v in kept["ema"].items():
+        assert torch.equal(best["model"][k], v), k
+    assert any(not torch.equal(kept["raw"][k], v) for k, v in kept["ema"].items() if v.is_floating_point())

@@ -1,6 +1,7 @@
-"""Typed configuration: dataclasses, YAML load/save, `--set key=value` overrides and model presets.
+"""Typed configuration: dataclasses, YAML load/dump, `--set key=value` overrides and model presets.
 
 The resolved `Config` is what a checkpoint carries, so a checkpoint alone is enough to rebuild the model.
+Only the `build_*` functions read it; every class takes explicit arguments.
 """
 
 from __future__ import annotations
@@ -14,13 +15,17 @@ from typing import Any
 
 import yaml
 
+from tinyseg.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A configuration a user wrote is wrong (unknown key, wrong type, bad preset)."""
+# Masks are trained and kept inside their box grown by this many input pixels (graph and host alike), so a box
+# regressed a little too small does not clip its mask. Part of the graph's contract: the host cuts there.
+MASK_MARGIN = 2.0
 
 
 @dataclass
 class ModelConfig:
+    """The defaults are the `nano` preset."""
+
     # Width multiplier of the MobileNetV2-style backbone: the main speed/accuracy knob.
     width: float = 0.5
     # Inverted-residual blocks per stage (strides 2, 4, 8, 16, 32). Few blocks: from-scratch training on a CPU
@@ -29,8 +34,8 @@ class ModelConfig:
     # Expansion ratio of the inverted residuals (MobileNetV2 uses 6; 4 trains faster on a CPU at equal accuracy here).
     expand: int = 4
     # Stages 1..fused start with a Fused-MBConv block (one strided full 3x3 conv instead of 1x1 expand at the
-    # higher resolution + strided depthwise). 1: the stride-4 stage no longer expands 16 -> 64 channels at
-    # 160x160; measured on nano: training step 469 -> 336 ms, ONNX Runtime graph ~1 ms faster.
+    # higher resolution + strided depthwise): 1 spares the stride-4 stage its expansion at 160x160, the most
+    # expensive map of a CPU training step.
     fused: int = 1
     # Channels of the fused stride-4 map that feeds every head.
     neck_channels: int = 48
@@ -83,15 +88,18 @@ class TrainConfig:
     # Final LR of the cosine decay, as a fraction of `lr`.
     final_lr: float = 0.02
     ema_decay: float = 0.998
+    # The EMA decay ramps up as decay * (1 - exp(-updates / ema_ramp)), so the random init fades out quickly.
+    ema_ramp: float = 200.0
+    # AdamW's betas: beta2 0.99 (not 0.999) adapts faster to the quickly changing gradients of a short run.
+    betas: tuple[float, ...] = (0.9, 0.99)
     grad_clip: float = 10.0
     workers: int = 1
     seed: int = 0
     device: str = "cpu"
     # fp16 mixed precision on CUDA.
     amp: bool = True
-    # bf16 autocast on CPUs with native bf16 (AVX512-BF16 / AMX; elsewhere training stays fp32). Measured on the
-    # synthetic set, same data and code, this 2-core EPYC: 12-minute runs mask AP 0.471 (1875 steps) vs fp32
-    # 0.443 and 0.463 (1595 steps); 4-minute runs 0.229 vs 0.217. Steps are ~1.17x faster end to end.
+    # bf16 autocast on CPUs with native bf16 (AVX512-BF16 / AMX; elsewhere training stays fp32): more steps in
+    # the same minutes at no loss of accuracy (benchmarks/README.md).
     cpu_bf16: bool = True
     # Validate every N epochs (and always at the end).
     val_interval: int = 5
@@ -112,10 +120,11 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["model"]["depths"] = list(d["model"]["depths"])
+        d["train"]["betas"] = list(d["train"]["betas"])
         return d
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
@@ -137,14 +146,10 @@ class Config:
         return cls.from_dict(d, str(p))
 
 
-# Presets: only the model section; everything else keeps its defaults. Measured at 320x320 (see README).
+# Presets: what differs from ModelConfig's defaults (= nano); the data and train sections keep theirs.
 PRESETS: dict[str, dict[str, Any]] = {
-    "nano": dict(
-        width=0.5, depths=(1, 2, 2, 3, 2), expand=4, fused=1, neck_channels=48, head_channels=32, num_prototypes=16
-    ),
-    "small": dict(
-        width=0.75, depths=(1, 2, 3, 4, 3), expand=6, fused=1, neck_channels=64, head_channels=64, num_prototypes=24
-    ),
+    "nano": {},
+    "small": dict(width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24),
 }
 
 

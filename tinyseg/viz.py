@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
+
+from tinyseg.io import atomic_write
 
 
 def palette(i: int) -> tuple[int, int, int]:
@@ -53,13 +54,10 @@ def draw_instances(
 
 
 def write_rgb(path: str | Path, image: np.ndarray) -> None:
-    """Write an RGB image atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(".tmp-" + path.name)
-    if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
-        raise OSError(f"{path}: could not write image")
-    os.replace(tmp, path)
+    """Write an RGB image atomically."""
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), cv2.cvtColor(image, cv2.COLOR_RGB2BGR)):
+            raise OSError(f"{path}: could not write image")
 
 
 def plot_curves(history: list[dict], path: str | Path) -> None:
@@ -85,7 +83,6 @@ def plot_curves(history: list[dict], path: str | Path) -> None:
     if a2.get_lines():
         a2.legend()
     fig.tight_layout()
-    tmp = Path(path).with_name(".tmp-" + Path(path).name)
-    fig.savefig(tmp, dpi=90, format="png")
+    with atomic_write(path) as tmp:
+        fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

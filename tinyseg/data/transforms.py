@@ -28,6 +28,11 @@ class Letterbox:
         scale = size / max(height, width)
         return cls(scale, (size - width * scale) / 2, (size - height * scale) / 2)
 
+    @classmethod
+    def from_matrix(cls, m: np.ndarray) -> Letterbox:
+        """The inverse of matrix()."""
+        return cls(float(m[0, 0]), float(m[0, 2]), float(m[1, 2]))
+
     def matrix(self) -> np.ndarray:
         return np.array([[self.scale, 0, self.pad_x], [0, self.scale, self.pad_y]], np.float32)
 
@@ -105,8 +110,9 @@ def paste(crops: list[MaskCrop], size: int) -> np.ndarray:
 
 
 def downsample_crops(crops: list[MaskCrop], size: int, stride: int) -> np.ndarray:
-    """Crops -> [N, size/stride, size/stride] uint8 0..255 area fractions, averaging only each crop's own
-    (stride-aligned) window: the cost follows the objects' size, not N x the image."""
+    """Crops -> [N, size/stride, size/stride] uint8 0..255 area fractions (soft targets for the mask loss),
+    averaging only each crop's own (stride-aligned) window: the cost follows the objects' size, not N x the
+    image."""
     g = size // stride
     out = np.zeros((len(crops), g, g), np.uint8)
     for i, c in enumerate(crops):
@@ -122,37 +128,29 @@ def downsample_crops(crops: list[MaskCrop], size: int, stride: int) -> np.ndarra
     return out
 
 
-def crop_boxes(crops: list[MaskCrop]) -> tuple[np.ndarray, np.ndarray]:
-    """Tight xyxy boxes [N, 4] (x2/y2 exclusive) and pixel counts [N] of crops."""
-    boxes = np.zeros((len(crops), 4), np.float32)
-    areas = np.zeros(len(crops), np.int64)
-    for i, c in enumerate(crops):
-        areas[i] = int(c.mask.sum()) if c.mask.size else 0
-        if areas[i]:
-            ys = np.flatnonzero(c.mask.any(1))
-            xs = np.flatnonzero(c.mask.any(0))
-            boxes[i] = (c.x0 + xs[0], c.y0 + ys[0], c.x0 + xs[-1] + 1, c.y0 + ys[-1] + 1)
-    return boxes, areas
-
-
-def downsample_masks(masks: np.ndarray, stride: int) -> np.ndarray:
-    """[N, S, S] {0,1} -> [N, S/stride, S/stride] uint8 0..255 area fraction (a soft target for the mask loss)."""
-    n, s, _ = masks.shape
-    if n == 0:
-        return np.zeros((0, s // stride, s // stride), np.uint8)
-    m = masks.reshape(n, s // stride, stride, s // stride, stride).astype(np.float32).mean((2, 4))
-    return np.round(m * 255).astype(np.uint8)
+def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """[H, W] mask -> its tight box (x1, y1, x2, y2), x2/y2 exclusive (a 1-px object is 1 px wide); None if empty."""
+    ys, xs = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+    if not len(xs):
+        return None
+    return int(xs[0]), int(ys[0]), int(xs[-1]) + 1, int(ys[-1]) + 1
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:
-    """[N, H, W] -> [N, 4] xyxy tight boxes (x2/y2 exclusive, so a 1-px object is 1 px wide)."""
+    """[N, H, W] -> [N, 4] xyxy tight boxes (zeros for an empty mask)."""
     boxes = np.zeros((len(masks), 4), np.float32)
     for i, m in enumerate(masks):
-        ys = np.flatnonzero(m.any(1))
-        xs = np.flatnonzero(m.any(0))
-        if len(xs):
-            boxes[i] = (xs[0], ys[0], xs[-1] + 1, ys[-1] + 1)
+        boxes[i] = tight_box(m) or 0
     return boxes
+
+
+def crop_boxes(crops: list[MaskCrop]) -> tuple[np.ndarray, np.ndarray]:
+    """Tight xyxy boxes [N, 4] (in output coordinates) and pixel counts [N] of crops."""
+    boxes = masks_to_boxes([c.mask for c in crops]) if crops else np.zeros((0, 4), np.float32)
+    for i, c in enumerate(crops):
+        if boxes[i].any():
+            boxes[i] += (c.x0, c.y0, c.x0, c.y0)
+    return boxes, np.array([int(c.mask.sum()) for c in crops], np.int64)
 
 
 def random_affine(

@@ -7,42 +7,9 @@ block (every block starts as identity, which keeps a from-scratch net trainable 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-def make_divisible(v: float, divisor: int = 8, min_value: int = 16) -> int:
-    return max(min_value, int(v + divisor / 2) // divisor * divisor)
-
-
-class StridedDepthwiseConv(nn.Conv2d):
-    """A strided depthwise conv that trains fast on CPUs. PyTorch's CPU backward of a strided depthwise conv is
-    slow. The stride-1 conv over all pixels, keeping every `stride`-th output, gives the same numbers (same
-    weights and padding: output (i, j) of the strided conv is output (s*i, s*j) of the stride-1 one) and trains
-    faster: conv + BN + ReLU, forward + backward, batch 8, bf16 autocast, channels-last: 64 ch 80->40 22 -> 16 ms,
-    128 ch 40->20 17 -> 5.5 ms, 256 ch 20->10 13 -> 2.8 ms. The subsampled view is made contiguous: BN on the
-    strided view was 2-5x slower. CPU training takes this path; inference, CUDA and export the plain strided
-    conv. (For full convs the stride-1 detour is 3x slower: they keep the stride.)"""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and x.is_cpu and torch.is_grad_enabled()):
-            return super().forward(x)
-        sy, sx = self.stride
-        y = F.conv2d(x, self.weight, self.bias, 1, self.padding, self.dilation, self.groups)
-        cl = x.is_contiguous(memory_format=torch.channels_last)
-        return y[:, :, ::sy, ::sx].contiguous(memory_format=torch.channels_last if cl else torch.contiguous_format)
-
-
-class ConvBNAct(nn.Sequential):
-    def __init__(self, cin: int, cout: int, k: int = 3, stride: int = 1, groups: int = 1, act: bool = True):
-        conv = StridedDepthwiseConv if stride > 1 and groups == cin == cout > 1 else nn.Conv2d
-        layers: list[nn.Module] = [
-            conv(cin, cout, k, stride, k // 2, groups=groups, bias=False),
-            nn.BatchNorm2d(cout),
-        ]
-        if act:
-            layers.append(nn.ReLU(inplace=True))
-        super().__init__(*layers)
+from tinyseg.models.layers import ConvBNAct, make_divisible
 
 
 class InvertedResidual(nn.Module):
@@ -80,7 +47,7 @@ class MobileNetV2Backbone(nn.Module):
 
     BASE_CHANNELS = (16, 32, 64, 128, 256)  # stages at strides 2, 4, 8, 16, 32, before the width multiplier
 
-    def __init__(self, width: float = 0.5, depths: tuple[int, ...] = (1, 2, 2, 3, 2), expand: int = 4, fused: int = 0):
+    def __init__(self, width: float, depths: tuple[int, ...], expand: int, fused: int):
         super().__init__()
         if len(depths) != 5:
             raise ValueError(f"depths needs 5 entries (strides 2..32), got {depths}")

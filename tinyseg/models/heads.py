@@ -8,7 +8,7 @@ import math
 import torch
 from torch import nn
 
-from tinyseg.models.neck import SeparableConv
+from tinyseg.models.layers import SeparableConv
 
 
 class Head(nn.Module):
@@ -41,7 +41,7 @@ class BoxHead(Head):
     `postprocess.decode_boxes` turns the few cells that are read into pixels.
 
     Chosen over CenterNet's size+offset with L1: trained with GIoU the loss is scale-free, so 8-px and 100-px
-    objects pull equally, and every cell inside an object's Gaussian is a training sample (see targets.py).
+    objects pull equally, and every cell inside an object's Gaussian is a training sample (training/targets.py).
     """
 
     def __init__(self, cin: int, hidden: int):
@@ -52,10 +52,10 @@ class ShapeClassifier(nn.Module):
     """Class logits per detection = appearance logits at its peak + an MLP on its predicted mask sampled on a
     grid x grid lattice over its box (a silhouette: free of colour, texture and scale).
 
-    Why: the silhouette is what tells the classes of shape-like data apart. Measured on the synthetic set: a
-    centre-cell classifier (CenterNet's per-class heatmap) stayed at chance level (cross-entropy 1.79 for 6
-    classes) for the first 390 steps, while this MLP on silhouettes reached 0.41 in 150 steps. Exportable:
-    the samples are a Gather of grid^2 cells per detection (see points()), the MLP two Gemms."""
+    Why: the silhouette is what tells the classes of shape-like data apart, and a classifier that sees it
+    learns within the first few hundred steps, where a centre-cell classifier (CenterNet's per-class heatmap)
+    stays at chance. Exportable: the samples are a Gather of grid^2 cells per detection (see points()), the
+    MLP two Gemms."""
 
     def __init__(self, num_classes: int, grid: int = 16, hidden: int = 64):
         super().__init__()

@@ -7,10 +7,10 @@ and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) ->
 `assemble_cells(params, features, centers, boxes, instance [Q], cell [Q]) -> logits [Q]` for a list of
 (instance into B * N, flat cell) pairs: the loss reads each mask only inside its box.
 
-Why stride 2 for the masks: resampling the ground truth of the synthetic val set to stride 4 and back caps mask
-AP at 0.69 (DSB2018: 0.59); at stride 2 the cap is 0.94 (0.78). Small objects need the finer grid.
-The detector, the loss and the post-processing only use this interface, so CondInst's dynamic convolutions
-and CenterMask's local shape + global saliency can be added beside the prototype design.
+Why stride 2 for the masks: ground truth resampled to stride 4 and back already loses much of the mask AP of
+small objects (docs/design.md); they need the finer grid.
+The detector only uses this interface, so CondInst's dynamic convolutions and CenterMask's local shape +
+global saliency can be added beside the prototype design (`centers` and `boxes` are there for them).
 """
 
 from __future__ import annotations
@@ -19,17 +19,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyseg.models.backbone import ConvBNAct
+from tinyseg.errors import ConfigError
 from tinyseg.models.heads import Head
-from tinyseg.models.neck import SeparableConv
+from tinyseg.models.layers import ConvBNAct, SeparableConv
 
 
 def prototype_table(features: torch.Tensor) -> torch.Tensor:
     """Prototypes [B, K, h, w] -> [B, h * w, K] (channels last), the one layout both the mask MatMul and the
     silhouette Gather read. OpenVINO's CPU plugin keeps this conv output channels-last: read as [B, K, h * w]
-    it was reordered to planar for each reader (1.1-1.3 ms each; once in FP32, twice in INT8, of a 10-13 ms
-    graph at 1 thread). Read channels-last, one 0.6-0.9 ms Transpose is left; ONNX Runtime fuses the
-    transposed MatMul (FusedMatMul)."""
+    it would be reordered to planar for each reader; ONNX Runtime fuses the transposed MatMul."""
     b, k, h, w = features.shape
     return features.permute(0, 2, 3, 1).reshape(b, h * w, k)
 
@@ -82,8 +80,7 @@ class PrototypeMasks(nn.Module):
             picked = prototype_table(features).reshape(b * h * w, k)[rows].reshape(b, n, m, k)
             return (picked @ params.unsqueeze(-1)).squeeze(-1)
         # Rows of two cells (2K floats), then the dot products with both and a select: OpenVINO's CPU plugin
-        # gathers rows of <= 16 floats with a slow vector-gather kernel in a static-shape graph (0.62 ms here
-        # against 0.18 ms for 32-float rows: FP32 and INT8 nano graphs, 1 thread).
+        # gathers rows of <= 16 floats with a slow vector-gather kernel in a static-shape graph.
         pairs = prototype_table(features).reshape(b * h * w // 2, 2 * k)[rows // 2].reshape(b, n, m * 2, k)
         dots = (pairs @ params.unsqueeze(-1)).reshape(b, n, m, 2)
         return torch.where((rows % 2 == 1).reshape(b, n, m), dots[..., 1], dots[..., 0])
@@ -105,7 +102,10 @@ class PrototypeMasks(nn.Module):
         return (rows.float() * coefficients.float()).sum(-1)  # fp32 sums under bf16 autocast, like a MatMul's
 
 
+MASK_HEADS = ("prototypes",)
+
+
 def build_mask_head(kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int) -> nn.Module:
     if kind == "prototypes":
         return PrototypeMasks(cin, fine_channels, hidden, num_prototypes)
-    raise ValueError(f"unknown mask head {kind!r} (available: prototypes)")
+    raise ConfigError(f"model.mask_head: unknown mask head {kind!r} (available: {', '.join(MASK_HEADS)})")

@@ -10,14 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyseg.models.backbone import ConvBNAct
-
-
-class SeparableConv(nn.Sequential):
-    """3x3 depthwise + 1x1 pointwise, each with BN + ReLU: a 3x3 receptive field at ~1/8 the cost of a full conv."""
-
-    def __init__(self, cin: int, cout: int):
-        super().__init__(ConvBNAct(cin, cin, 3, groups=cin), ConvBNAct(cin, cout, 1))
+from tinyseg.models.layers import ConvBNAct, SeparableConv
 
 
 class FPNFuse(nn.Module):

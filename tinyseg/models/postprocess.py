@@ -1,4 +1,4 @@
-"""Post-processing in pure tensor ops (MaxPool, TopK, Gather, MatMul, Sigmoid): exportable into one graph.
+"""Decoding in pure tensor ops (MaxPool, TopK, Gather, Softplus): exportable into one graph.
 
 Peaks are cells equal to the max of their 3x3 neighbourhood (CenterNet), so there is no NMS.
 """
@@ -7,6 +7,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+# Box distances are softplus(raw) * BOX_SCALE input pixels: positive, smooth, ~11 px at init (raw = 0).
+# Applied only to the cells that are read (K peaks, or the training samples), not to the whole map.
+BOX_SCALE = 16.0
 
 
 def find_peaks(heatmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -24,17 +28,12 @@ def gather(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
 
 
 def cell_centers(pos: torch.Tensor, width: int) -> torch.Tensor:
-    """Flat cell index [B, K] -> (x, y) cell coordinates [B, K, 2] (float)."""
+    """Flat cell index [...] -> (x, y) cell coordinates [..., 2] (float)."""
     return torch.stack([pos % width, pos // width], -1).float()
 
 
-# Box distances are softplus(raw) * BOX_SCALE input pixels: positive, smooth, ~11 px at init (raw = 0).
-# Applied only to the cells that are read (K peaks, or the training samples), not to the whole map.
-BOX_SCALE = 16.0
-
-
 def decode_boxes(raw: torch.Tensor, centers: torch.Tensor, stride: int, size: int) -> torch.Tensor:
-    """raw box outputs [B, K, 4] (ltrb), centers [B, K, 2] cells -> boxes [B, K, 4] xyxy in input pixels."""
+    """raw box outputs [..., 4] (ltrb), centers [..., 2] cells -> boxes [..., 4] xyxy in input pixels."""
     ltrb = F.softplus(raw) * BOX_SCALE
     c = (centers + 0.5) * stride
     boxes = torch.cat([c - ltrb[..., :2], c + ltrb[..., 2:]], -1)
@@ -46,8 +45,8 @@ def crop_cells(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The cells (of an h x w grid of `stride`-px cells) whose centre lies inside each valid box grown by
     `margin` px. boxes [B, N, 4] input pixels, valid [B, N] bool -> (instance [Q] index into B * N, flat cell
-    index [Q]), one entry per (instance, cell) pair: only these pixels carry a mask loss, ~1% of the
-    B * N * h * w a dense crop would touch on the synthetic set."""
+    index [Q]), one entry per (instance, cell) pair: only these pixels carry a mask loss, a small fraction of
+    the B * N * h * w a dense loss would touch."""
     xs = (torch.arange(w, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     ys = (torch.arange(h, device=boxes.device, dtype=boxes.dtype) + 0.5) * stride
     x1, y1, x2, y2 = (boxes[..., i, None] for i in range(4))
@@ -57,45 +56,24 @@ def crop_cells(
     return image * boxes.shape[1] + inst, y * w + x
 
 
-def postprocess(
-    outputs: dict[str, torch.Tensor], mask_head, classifier, stride: int, max_det: int, score_thresh: float = 0.0
-) -> dict[str, torch.Tensor]:
-    """Model outputs -> detections, all in network-input coordinates:
-    boxes [B, K, 4] xyxy pixels, scores [B, K] = P(object) * P(class), classes [B, K] int64, masks [B, K, H, W]
-    probabilities at the mask features' resolution. A mask is meant inside its box grown by MASK_MARGIN px: the
-    host cuts it there at full resolution (results.to_detections); cutting here too cost two broadcast Muls
-    over [B, K, H, W] (2.2 of the 4.8 ms mask tail at K=100, ONNX Runtime, 1 thread) for nothing.
+def top_pairs(
+    objectness: torch.Tensor, class_logits: torch.Tensor, score_thresh: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """objectness [B, K], class logits [B, K, C] -> the best (peak, class) pairs: scores [B, n] =
+    P(object) * P(class) sorted descending, peak [B, n] index into B * K (flat), classes [B, n].
 
-    The K strongest centre peaks get boxes, masks and class probabilities; the output is the top K of the
-    (peak, class) pairs, so an object whose class is uncertain appears once per plausible class with the score
-    split between them (what per-class AP rewards: +0.027 mask AP on the synthetic val set), while a confident
-    one appears once.
-
-    K is the most pairs scoring >= score_thresh in any image of the batch (at least 1, at most max_det): the
-    masks of the pairs below it were most of the mask tail's work (synthetic val set: 22 of 100 pairs kept on
-    average at 0.05, mask AP 0.472 -> 0.468; DSB2018 at max_det 500: 173 kept, AP unchanged)."""
-    h, w = outputs["heatmap"].shape[-2:]
-    features = outputs["mask_features"]
-    b, _, mh, mw = features.shape
-    mask_stride = h * stride // mh
-    objectness, pos = find_peaks(outputs["heatmap"], max_det)
-    k = pos.shape[1]
-    centers = cell_centers(pos, w)
-    boxes = decode_boxes(gather(outputs["box"], pos), centers, stride, h * stride)
-    params = gather(outputs["mask_params"], pos)
-    # Classes from the masks at a few points per peak (the full masks are built only for the kept pairs).
-    index = classifier.points(boxes, mh, mw, mask_stride)
-    silhouettes = mask_head.assemble_at(params, features, centers, boxes, index).sigmoid()
-    probs = classifier(gather(outputs["classes"], pos), silhouettes).softmax(-1)
-    c = probs.shape[-1]
-    scores, pair = (objectness.unsqueeze(-1) * probs).reshape(b, k * c).topk(k)
-    # Masks only for the first n pairs, n = the most scores >= score_thresh in any image of the batch.
+    An object whose class is uncertain appears once per plausible class with the score split between them
+    (what per-class AP rewards), a confident one once. n is the most pairs scoring >= score_thresh in any image
+    of the batch (at least 1, at most K): only those get masks, the rest were most of the mask work."""
+    b, k, c = class_logits.shape
+    scores, pair = (objectness.unsqueeze(-1) * class_logits.softmax(-1)).reshape(b, k * c).topk(k)
     n = (scores >= score_thresh).sum(1).max().clamp(min=1)
     keep = torch.arange(n, device=pair.device)
     scores, pair = scores.index_select(1, keep), pair.index_select(1, keep)
-    det = (pair // c + torch.arange(b, device=pair.device).unsqueeze(1) * k).reshape(-1)  # into [B * K]
-    boxes = boxes.reshape(b * k, 4)[det].reshape(b, -1, 4)
-    centers = centers.reshape(b * k, 2)[det].reshape(b, -1, 2)
-    params = params.reshape(b * k, -1)[det].reshape(b, -1, params.shape[-1])
-    masks = mask_head.assemble(params, features, centers, boxes).sigmoid()
-    return {"boxes": boxes, "scores": scores, "classes": pair % c, "masks": masks}
+    peak = (pair // c + torch.arange(b, device=pair.device).unsqueeze(1) * k).reshape(-1)
+    return scores, peak, pair % c
+
+
+def take(x: torch.Tensor, index: torch.Tensor, b: int) -> torch.Tensor:
+    """x [B, K, ...], index [B * n] into B * K -> [B, n, ...]."""
+    return x.reshape(-1, *x.shape[2:])[index].reshape(b, -1, *x.shape[2:])

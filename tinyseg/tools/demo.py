@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from tinyseg.cli import main as cli
+from tinyseg.tools.cli import main as cli
 
 
 def run(out: Path, minutes: float, train_images: int, seed: int) -> int:
@@ -85,7 +85,7 @@ def _step(msg: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m tinyseg.demo", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m tinyseg.tools.demo", description=__doc__)
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--minutes", type=float, default=12.0, help="training budget (default 12)")
     p.add_argument("--train-images", type=int, default=1000)

@@ -8,14 +8,12 @@ import time
 import warnings
 from pathlib import Path
 
-from tinyseg.config import Config, ConfigError, apply_overrides, preset
+from tinyseg.config import Config, apply_overrides, preset
+from tinyseg.deploy.loader import is_exported, load_predictor
+from tinyseg.errors import ConfigError, DataError, TinysegError, UsageError
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
-
-
-class UsageError(ValueError):
-    """A combination of options that cannot work; the message says what to do instead."""
 
 
 def cmd_synth(a: argparse.Namespace) -> None:
@@ -28,51 +26,38 @@ def cmd_synth(a: argparse.Namespace) -> None:
 
 
 def cmd_show(a: argparse.Namespace) -> None:
-    import numpy as np
     from tqdm import tqdm
 
-    from tinyseg.config import DataConfig
-    from tinyseg.data.coco import CocoDataset, decode_masks, load_coco
-    from tinyseg.data.transforms import masks_to_boxes
-    from tinyseg.viz import draw_instances, write_rgb
+    from tinyseg.data.coco import load_coco
+    from tinyseg.viz import write_rgb
 
     data = load_coco(a.data, a.images)
-    out = Path(a.out)
-    ds = None
-    if a.augment:
-        dc = DataConfig(imgsz=a.imgsz)
-        ds = CocoDataset(
-            data,
-            a.imgsz,
-            True,
-            1,
-            dc.scale_min,
-            dc.scale_max,
-            dc.flip_prob,
-            dc.color_jitter,
-            dc.min_instance_pixels,
-            10**6,
-            a.seed,
-        )
     n = min(a.num, len(data.images))
     for i in tqdm(range(n), desc="render", unit="img"):
-        rec = data.images[i]
-        if ds is not None:
-            img_t, t = ds[i]
-            img = img_t.permute(1, 2, 0).numpy()
-            masks = t["masks"].numpy() > 127
-            labels = t["labels"].numpy()
-            boxes = t["boxes"].numpy()
-        else:
-            from tinyseg.data.coco import read_image
+        write_rgb(Path(a.out) / f"{data.images[i].file.stem}.png", _ground_truth_overlay(data, i, a))
+    print(f"wrote {n} overlays to {a.out}/")
 
-            img = read_image(rec.file)
-            masks = decode_masks(rec.rles, rec.height, rec.width).astype(bool)
-            labels = np.asarray(rec.labels)
-            boxes = masks_to_boxes(masks)
-        vis = draw_instances(img, boxes, labels, masks, data.class_names)
-        write_rgb(out / f"{Path(rec.file).stem}.png", vis)
-    print(f"wrote {n} overlays to {out}/")
+
+def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
+    """Image i with its annotations drawn, as stored or (--augment) as training sees it."""
+    import numpy as np
+
+    from tinyseg.config import DataConfig
+    from tinyseg.data.coco import decode_masks
+    from tinyseg.data.dataset import CocoDataset, build_training_samples
+    from tinyseg.data.transforms import masks_to_boxes
+    from tinyseg.io import read_image
+    from tinyseg.viz import draw_instances
+
+    if a.augment:
+        training = build_training_samples(DataConfig(imgsz=a.imgsz, max_mask_instances=10**6), mask_stride=1)
+        img_t, t = CocoDataset(data, a.imgsz, training, a.seed)[i]
+        img, masks, labels, boxes = img_t.permute(1, 2, 0).numpy(), t["masks"].numpy() > 127, t["labels"], t["boxes"]
+    else:
+        rec = data.images[i]
+        img, masks = read_image(rec.file), decode_masks(rec.rles, rec.height, rec.width).astype(bool)
+        labels, boxes = np.asarray(rec.labels), masks_to_boxes(masks)
+    return draw_instances(img, np.asarray(boxes), np.asarray(labels), masks, data.class_names)
 
 
 def _build_config(a: argparse.Namespace) -> Config:
@@ -106,7 +91,7 @@ def _build_config(a: argparse.Namespace) -> Config:
 
 
 def cmd_train(a: argparse.Namespace) -> None:
-    from tinyseg.train import train
+    from tinyseg.training.trainer import train
 
     cfg = None if a.resume else _build_config(a)
     summary = train(cfg or Config(), resume=a.resume)
@@ -117,34 +102,11 @@ def cmd_train(a: argparse.Namespace) -> None:
     print(f"checkpoints: {summary['best']} {summary['last']}; metrics.csv and curves.png in {summary['out']}")
 
 
-def load_predictor(weights: str, backend: str = "auto", device: str | None = None, threads: int | None = None):
-    """A checkpoint (.pt) -> PyTorch Segmenter; an exported model (.onnx / .xml) -> the torch-free EdgeSegmenter.
-    Both have .predict(image, conf), .run(letterboxed batch), .class_names and .imgsz."""
-    suffix = Path(weights).suffix.lower()
-    if suffix in (".onnx", ".xml"):
-        if backend == "torch":
-            raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime or openvino, not torch")
-        from tinyseg.runtime import EdgeSegmenter
-
-        return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads)
-    if backend not in ("auto", "torch"):
-        raise UsageError(
-            f"{weights}: a checkpoint runs with --backend torch; for {backend}, export it first "
-            f"(tinyseg export --weights {weights} --format onnx)"
-        )
-    import torch
-
-    from tinyseg.predict import Segmenter
-
-    if threads:
-        torch.set_num_threads(threads)
-    return Segmenter.load(weights, (device or "cpu").lower())
-
-
 def cmd_eval(a: argparse.Namespace) -> None:
-    from tinyseg.data.coco import CocoDataset, load_coco
-    from tinyseg.engine import evaluate
-    from tinyseg.evaluation import format_table, write_json
+    from tinyseg.data.coco import load_coco
+    from tinyseg.data.dataset import CocoDataset
+    from tinyseg.evaluation import evaluate, format_table
+    from tinyseg.io import write_json
 
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     data = load_coco(a.val, a.images)
@@ -152,27 +114,18 @@ def cmd_eval(a: argparse.Namespace) -> None:
         warnings.warn(
             f"{a.val}: categories {data.class_names} differ from the model's {pred.class_names}", stacklevel=1
         )
-    if a.imgsz and a.imgsz != pred.imgsz and Path(a.weights).suffix.lower() in (".onnx", ".xml"):
+    exported = is_exported(a.weights)
+    if a.imgsz and a.imgsz != pred.imgsz and exported:
         raise UsageError(f"{a.weights}: exported for {pred.imgsz}x{pred.imgsz}; --imgsz {a.imgsz} needs a new export")
-    ds = CocoDataset(data, a.imgsz or pred.imgsz, train=False)
-    max_det = a.max_det
-    if hasattr(pred, "meta"):
-        max_det = min(max_det, int(pred.meta["max_det"]))  # the graph keeps at most its max_det
-        run = pred.run
-    else:
-
-        def run(x):
-            return pred.run(x, max_det)
-
-    metrics, results = evaluate(run, ds, max_det=a.max_det, conf=a.conf, batch=1 if hasattr(pred, "meta") else 8)
+    ds = CocoDataset(data, a.imgsz or pred.imgsz)
+    run = pred.run if exported else (lambda x: pred.run(x, a.max_det))  # a graph keeps at most its max_det
+    metrics, results = evaluate(run, ds, max_det=a.max_det, conf=a.conf, batch=1 if exported else 8)
     metrics["weights"] = str(a.weights)
     print(format_table(metrics))
-    if a.json:
-        write_json(metrics, a.json)
-        print(f"wrote {a.json}")
-    if a.results:
-        write_json(results, a.results)
-        print(f"wrote {a.results}")
+    for obj, path in ((metrics, a.json), (results, a.results)):
+        if path:
+            write_json(obj, path)
+            print(f"wrote {path}")
 
 
 def list_images(source: str) -> list[Path]:
@@ -180,17 +133,17 @@ def list_images(source: str) -> list[Path]:
     if p.is_dir():
         files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
-            raise FileNotFoundError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+            raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return files
     if p.is_file():
         return [p]
-    raise FileNotFoundError(f"{p}: no such file or folder")
+    raise DataError(f"{p}: no such file or folder")
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     if a.source.isdigit() or Path(a.source).suffix.lower() in VIDEO_SUFFIXES:
-        from tinyseg.video import run_video
+        from tinyseg.tools.video import run_video
 
         run_video(pred, a.source, a.conf, a.show, a.save_video, a.max_frames)
         return
@@ -198,48 +151,50 @@ def cmd_predict(a: argparse.Namespace) -> None:
         raise UsageError("--show and --save-video are for a video file or a camera index")
     from tqdm import tqdm
 
-    from tinyseg.data.io import DatasetError, read_image
-    from tinyseg.viz import draw_instances, write_rgb
-
-    if a.json:
-        from tinyseg.evaluation import detections_to_coco, write_json
-
     files = list_images(a.source)
-    out = Path(a.out)
     results, total, skipped = [], 0, 0
-    for i, f in enumerate(tqdm(files, desc="predict", unit="img")):
+    for image_id, f in enumerate(tqdm(files, desc="predict", unit="img"), 1):
         try:
-            img = read_image(f)
-        except DatasetError as e:
+            total += _predict_file(pred, f, Path(a.out), a.conf, results if a.json else None, image_id)
+        except DataError as e:
             print(f"skipped: {e}", file=sys.stderr)
             skipped += 1
-            continue
-        det = pred.predict(img, conf=a.conf)
-        total += len(det)
-        write_rgb(
-            out / f"{f.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores)
-        )
-        if a.json:
-            results += detections_to_coco(
-                i + 1, det.boxes, det.scores, det.classes, det.masks, list(range(1, len(det.class_names) + 1))
-            )
     if a.json:
+        from tinyseg.io import write_json
+
         write_json(results, a.json)
     print(
-        f"{total} instances in {len(files) - skipped} images; overlays in {out}/"
+        f"{total} instances in {len(files) - skipped} images; overlays in {a.out}/"
         + (f", results in {a.json}" if a.json else "")
         + (f"; {skipped} unreadable files skipped" if skipped else "")
     )
 
 
+def _predict_file(pred, file: Path, out: Path, conf: float, results: list | None, image_id: int) -> int:
+    """Predict one image file, write its overlay and (results) append its COCO results; -> detections."""
+    from tinyseg.io import read_image
+    from tinyseg.viz import draw_instances, write_rgb
+
+    img = read_image(file)
+    det = pred.predict(img, conf=conf)
+    write_rgb(
+        out / f"{file.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores)
+    )
+    if results is not None:
+        from tinyseg.evaluation import detections_to_coco
+
+        results += detections_to_coco(image_id, det.boxes, det.scores, det.classes, det.masks, pred.cat_ids)
+    return len(det)
+
+
 def cmd_export(a: argparse.Namespace) -> None:
-    from tinyseg.export import run_export
+    from tinyseg.deploy.export import run_export
 
     run_export(a.weights, a.format, a.out, a.half, a.int8, a.calib, a.images, a.calib_num, a.max_det)
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
-    from tinyseg.bench import run_bench
+    from tinyseg.tools.bench import run_bench
 
     run_bench(a)
 
@@ -351,12 +306,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from tinyseg.errors import user_errors
-
     try:
         args.func(args)
-    except user_errors() as e:
+    except TinysegError as e:
         print(f"tinyseg {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a path the user gave: say which and why, in one line
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"tinyseg {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

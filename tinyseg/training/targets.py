@@ -9,11 +9,20 @@
   converge several times faster, which matters on a CPU budget. Each object's weights sum to log(area) so
   large objects do not drown small ones; where objects overlap, the smaller one wins.
 - centers [N]: flat index of each object's centre cell, where its mask coefficients are read.
+- mask cells: the (instance, cell) pairs inside each box grown by MASK_MARGIN and the true mask there: the
+  mask loss reads each mask only where the host keeps it.
+
+`TrainingCollate` builds them in the DataLoader's workers from the dataset's samples (data/dataset.py).
 """
 
 from __future__ import annotations
 
 import numpy as np
+import torch
+
+from tinyseg.config import MASK_MARGIN
+from tinyseg.data.dataset import stack_images
+from tinyseg.models.postprocess import crop_cells
 
 GAUSSIAN_ALPHA = 0.54
 MIN_SIGMA = 0.5  # cells: a tiny object still gets a peak with a soft shoulder
@@ -55,8 +64,62 @@ def build_targets(labels: np.ndarray, boxes: np.ndarray, size: int, stride: int)
         inside[cy - ys.start, cx - xs.start] = True
         wgt = np.where(inside, g, 0)
         wgt *= np.log(max(areas[i], 1.0) + 1.0) / wgt.sum()
-        region = inside
-        box_w[ys, xs][region] = wgt[region]
+        box_w[ys, xs][inside] = wgt[inside]
         for k in range(4):
-            box_t[k, ys, xs][region] = boxes[i, k]
+            box_t[k, ys, xs][inside] = boxes[i, k]
     return {"heatmap": heat, "box": box_t, "box_weight": box_w, "centers": centers}
+
+
+INSTANCE_KEYS = ("labels", "boxes", "centers", "masks")
+
+
+class TrainingCollate:
+    """A batch of dataset samples -> (images [B, 3, S, S] channels-last, targets): the dense targets stacked,
+    the per-instance ones (labels, boxes, centers, masks of the instances that carry a mask loss) padded to the
+    largest count with a `valid` flag, and the mask cells as flat lists (mask_instance into B * N, mask_cell,
+    mask_value 0..255)."""
+
+    def __init__(self, stride: int, mask_stride: int):
+        self.stride, self.mask_stride = stride, mask_stride
+
+    def __call__(self, batch: list) -> tuple[torch.Tensor, dict]:
+        images = stack_images(batch)
+        size = images.shape[-1]
+        per_image = [self._image_targets(sample, size) for _, sample in batch]
+        out = {k: torch.stack([t[k] for t in per_image]) for k in ("heatmap", "box", "box_weight", "ignore")}
+        out.update(_pad_instances(per_image))
+        g = size // self.mask_stride
+        instance, cell = crop_cells(out["boxes"], out["valid"], g, g, self.mask_stride, MASK_MARGIN)
+        out["mask_instance"], out["mask_cell"] = instance, cell
+        out["mask_value"] = out["masks"].reshape(-1, g * g)[instance, cell]
+        return images, out
+
+    def _image_targets(self, sample: dict, size: int) -> dict:
+        t = build_targets(sample["labels"].numpy(), sample["boxes"].numpy(), size, self.stride)
+        sel = sample["mask_index"]
+        g, r = size // self.stride, self.stride // self.mask_stride
+        ignore = sample["crowd"].reshape(g, r, g, r).amax((1, 3)) > 0
+        return {
+            "heatmap": torch.from_numpy(t["heatmap"]),
+            "box": torch.from_numpy(t["box"]),
+            "box_weight": torch.from_numpy(t["box_weight"]),
+            "ignore": ignore,
+            "labels": sample["labels"][sel],
+            "boxes": sample["boxes"][sel],
+            "centers": torch.from_numpy(t["centers"])[sel],
+            "masks": sample["masks"],
+        }
+
+
+def _pad_instances(per_image: list[dict]) -> dict:
+    n = max(1, max(len(t["labels"]) for t in per_image))
+    out = {"valid": torch.zeros(len(per_image), n, dtype=torch.bool)}
+    for k in INSTANCE_KEYS:
+        ref = per_image[0][k]
+        out[k] = torch.zeros((len(per_image), n, *ref.shape[1:]), dtype=ref.dtype)
+    for i, t in enumerate(per_image):
+        m = len(t["labels"])
+        out["valid"][i, :m] = True
+        for k in INSTANCE_KEYS:
+            out[k][i, :m] = t[k]
+    return out

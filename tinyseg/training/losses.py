@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tinyseg.models.postprocess import cell_centers, crop_cells, decode_boxes, gather
-from tinyseg.results import MASK_MARGIN
+from tinyseg.config import TrainConfig
+from tinyseg.models.postprocess import cell_centers, decode_boxes
 
 
 def focal_loss(
@@ -72,72 +72,53 @@ def mask_losses(
 
 
 class Criterion(nn.Module):
-    def __init__(
-        self,
-        model: nn.Module,
-        heatmap_weight: float = 1.0,
-        class_weight: float = 1.0,
-        box_weight: float = 2.0,
-        mask_weight: float = 2.0,
-    ):
+    """Model outputs (with the reads at the true objects, TinySeg.read_targets) + targets -> named, unweighted
+    losses; `weights` says how they add up (DETR's SetCriterion)."""
+
+    def __init__(self, stride: int, weights: dict[str, float]):
         super().__init__()
-        self.mask_head, self.classifier, self.stride = model.mask, model.classifier, model.stride
-        self.weights = {
-            "heatmap": heatmap_weight,
-            "class": class_weight,
-            "box": box_weight,
-            "mask_bce": mask_weight,
-            "mask_dice": mask_weight,
-        }
+        self.stride, self.weights = stride, weights
 
     def forward(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        heat = outputs["heatmap"]
-        b, _, h, w = heat.shape
-        size = h * self.stride
-        losses = {"heatmap": focal_loss(heat, targets["heatmap"], targets["ignore"])}
+        bce, dice = mask_losses(
+            outputs["mask_logits"], targets["mask_value"].float() / 255, targets["mask_instance"], targets["valid"]
+        )
+        return {
+            "heatmap": focal_loss(outputs["heatmap"], targets["heatmap"], targets["ignore"]),
+            "class": self.class_loss(outputs, targets),
+            "box": self.box_loss(outputs["box"], targets),
+            "mask_bce": bce,
+            "mask_dice": dice,
+        }
 
-        # Boxes: every cell with a positive weight regresses its object's box.
+    def box_loss(self, raw_boxes: torch.Tensor, targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Every cell with a positive box weight regresses its object's box: weighted GIoU."""
+        b, _, h, w = raw_boxes.shape
         weight = targets["box_weight"].reshape(-1)
         idx = weight.nonzero().squeeze(1)
-        wsel = weight[idx]
-        raw = outputs["box"].float().permute(0, 2, 3, 1).reshape(-1, 4)[idx]
-        cells = idx % (h * w)
-        centers = torch.stack([cells % w, cells // w], -1).float()
-        pred = decode_boxes(raw, centers, self.stride, size)
+        raw = raw_boxes.float().permute(0, 2, 3, 1).reshape(-1, 4)[idx]
+        pred = decode_boxes(raw, cell_centers(idx % (h * w), w), self.stride, h * self.stride)
         tgt = targets["box"].permute(0, 2, 3, 1).reshape(-1, 4)[idx]
-        losses["box"] = (giou_loss(pred, tgt) * wsel).sum() / wsel.sum().clamp(min=1e-6)
+        return (giou_loss(pred, tgt) * weight[idx]).sum() / weight[idx].sum().clamp(min=1e-6)
 
-        # Masks: read the mask parameters at each object's centre cell; build each mask only inside its box
-        # grown by MASK_MARGIN (where the host cuts it), as (instance, cell) pairs. A dense [B, N, H, W] loss
-        # cost ~40% of a training step for pixels that count for nothing.
-        pos = targets["centers"]
-        valid = targets["valid"]
-        centers = cell_centers(pos, w)
-        params = gather(outputs["mask_params"], pos)
-        features = outputs["mask_features"]
-        mh, mw = features.shape[-2:]
-        mstride = size // mh
-        instance, cell = crop_cells(targets["boxes"], valid, mh, mw, mstride, MASK_MARGIN)
-        logits = self.mask_head.assemble_cells(params, features, centers, targets["boxes"], instance, cell)
-        masks = targets["masks"]  # uint8 [B, N, H, W], 0..255
-        target = masks.reshape(-1, mh * mw)[instance, cell].float() / 255
-        losses["mask_bce"], losses["mask_dice"] = mask_losses(logits, target, instance, valid)
-
-        # Classes: from the true mask in the true box (clean, fast to learn) and from the predicted mask in the
-        # predicted box (exactly what inference sees: the same samples of the uncut mask; detached so the class
-        # loss does not bend masks or boxes), each with the appearance logits at the centre.
-        appearance = gather(outputs["classes"].float(), pos)
-        boxes = decode_boxes(gather(outputs["box"].float(), pos), centers, self.stride, size).detach().nan_to_num(0.0)
-        index = self.classifier.points(boxes, mh, mw, mstride)
-        predicted = self.mask_head.assemble_at(params.detach(), features.detach(), centers, boxes, index).sigmoid()
-        truth = self.classifier.sample(masks, targets["boxes"], mstride).float() / 255
-        v = valid.float()
+    def class_loss(self, outputs: dict[str, torch.Tensor], targets: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Cross-entropy of the class logits from the true and from the predicted silhouettes, averaged."""
+        v = targets["valid"].float()
         ce = 0
-        for silhouettes in (truth, predicted):
-            cls = self.classifier(appearance, silhouettes.float())
-            ce = ce + F.cross_entropy(cls.flatten(0, 1), targets["labels"].flatten(), reduction="none")
-        losses["class"] = (ce.reshape(v.shape) * v).sum() / (2 * v.sum().clamp(min=1))
-        return losses
+        for logits in (outputs["class_logits_truth"], outputs["class_logits"]):
+            ce = ce + F.cross_entropy(logits.flatten(0, 1), targets["labels"].flatten(), reduction="none")
+        return (ce.reshape(v.shape) * v).sum() / (2 * v.sum().clamp(min=1))
 
     def total(self, losses: dict[str, torch.Tensor]) -> torch.Tensor:
         return sum(self.weights[k] * v for k, v in losses.items())
+
+
+def build_criterion(cfg: TrainConfig, stride: int) -> Criterion:
+    weights = {
+        "heatmap": cfg.heatmap_weight,
+        "class": cfg.class_weight,
+        "box": cfg.box_weight,
+        "mask_bce": cfg.mask_weight,
+        "mask_dice": cfg.mask_weight,
+    }
+    return Criterion(stride, weights)

@@ -17,26 +17,24 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _file_size(path: Path) -> int:
-    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+from tinyseg.deploy.runtime import model_file_size
+from tinyseg.io import write_json, write_text
 
 
 def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dict:
     """Time predict() (whole pipeline) and run() on the letterboxed image (the graph alone: what is compared
     with other models' graphs) in this process; returns the times (ms) and peak RSS."""
-    from tinyseg.cli import load_predictor
-    from tinyseg.data.io import read_image
     from tinyseg.data.transforms import letterbox_input
+    from tinyseg.deploy.loader import load_predictor
+    from tinyseg.io import read_image
 
     img = read_image(image)
     pred = load_predictor(model, backend, None, threads)
     x = letterbox_input(img, pred.imgsz)[1]
     fns = {"times": lambda: pred.predict(img, conf=0.3), "graph_times": lambda: pred.run(x)}
     stats = {name: [] for name in fns}
-    # Both warmed up, then timed in turns. Timed one after the other (the pipeline first, 12 warm-up runs),
-    # ONNX Runtime's whole pipeline measured 11.3 ms in a bench run, against 9.7-10.1 ms in a loop of its own
-    # (graph 8.5 + letterbox 0.4 + masks to the original size 1.0).
+    # Both warmed up, then timed in turns: timed one after the other, the first one read slower than in a loop
+    # of its own.
     for _ in range(max(10, runs // 5)):
         for fn in fns.values():
             fn()
@@ -61,7 +59,7 @@ def peak_rss_mb() -> float:
 
 
 def _measure(model: Path | str, backend: str, threads: int, runs: int, image: str) -> dict:
-    cmd = [sys.executable, "-m", "tinyseg.bench", str(model), backend, str(threads), str(runs), image]
+    cmd = [sys.executable, "-m", "tinyseg.tools.bench", str(model), backend, str(threads), str(runs), image]
     res = subprocess.run(cmd, capture_output=True, text=True)
     if res.returncode:
         raise RuntimeError(f"benchmark worker failed for {model} ({backend}, {threads} threads):\n{res.stderr[-800:]}")
@@ -69,71 +67,113 @@ def _measure(model: Path | str, backend: str, threads: int, runs: int, image: st
 
 
 def run_bench(a) -> dict:
-    from tinyseg.data.coco import CocoDataset, load_coco
-    from tinyseg.engine import evaluate
-    from tinyseg.export import calibration_images, export_onnx, export_openvino, quantize_onnx, quantize_openvino
-    from tinyseg.models.detector import detect_flops
-    from tinyseg.predict import Segmenter
-    from tinyseg.runtime import EdgeSegmenter
+    """`tinyseg bench`: export FP32 and INT8, measure their AP on --val, time every backend x precision x
+    threads setting; print the Markdown table and write it (--markdown) and the results (--json)."""
+    from tinyseg.deploy.predict import Segmenter
 
     seg = Segmenter.load(a.weights)
     if a.imgsz != seg.imgsz:
         print(f"note: the checkpoint was trained at {seg.imgsz}; benchmarking at {a.imgsz}", file=sys.stderr)
         seg.imgsz = a.imgsz
     backends = [b.strip() for b in a.backends.split(",") if b.strip()]
-    threads = [int(t) for t in str(a.threads).split(",")]
     out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
+    calib = _calibration(a, seg)
+    data, image = _timing_image(a, out, calib)
+    row = _zoo_row(a, seg)
+    models = _export_all(seg, out, calib, a.max_det, "openvino" in backends)
+    row["fp32_mb"], row["int8_mb"] = (model_file_size(models[("onnxruntime", p)]) / 1e6 for p in ("fp32", "int8"))
+    if data is not None:
+        row.update(_accuracy(models, data, a.imgsz, a.max_det))
+    threads = [int(t) for t in str(a.threads).split(",")]
+    latency, rounds = _timing(a, backends, threads, models, image)
+    calibration = f"{a.calib or a.val or 'generated images'} ({len(calib)} images)"
+    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds, "calib": calibration}
+    md = to_markdown(result)
+    print(md)
+    if a.markdown:
+        write_text(md + "\n", a.markdown)
+    if a.json:
+        write_json(result, a.json)
+    return result
+
+
+def _calibration(a, seg) -> np.ndarray:
+    """INT8 calibration images: --calib (the training images: calibrating on the images the AP is measured on
+    flatters INT8), else --val, else generated ones."""
+    from tinyseg.deploy.export.parity import verify_batch
+    from tinyseg.deploy.export.quantize import calibration_images
+
+    if a.calib or a.val:
+        return calibration_images(a.calib or a.val, None if a.calib else a.images, a.imgsz, a.calib_num)
+    return verify_batch(a.imgsz, min(a.calib_num, 32))
+
+
+def _timing_image(a, out: Path, calib: np.ndarray):
+    """-> (the --val dataset or None, the image file latency is measured on)."""
+    if a.val:
+        from tinyseg.data.coco import load_coco
+
+        data = load_coco(a.val, a.images)
+        return data, str(data.images[0].file)
+    import cv2
+
+    image = out / "bench_image.png"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(image), calib[0].transpose(1, 2, 0)[:, :, ::-1])
+    return None, str(image)
+
+
+def _zoo_row(a, seg) -> dict:
+    from tinyseg.models.detector import detect_flops
+
     m = seg.model
-    row: dict = {
+    return {
         "model": Path(a.weights).stem,
         "imgsz": a.imgsz,
         "params_m": sum(p.numel() for p in m.parameters()) / 1e6,
         "gflops": detect_flops(m, a.imgsz, a.max_det) / 1e9,
     }
 
-    # INT8 calibration images: --calib (the training images: calibrating on the images the AP is measured on
-    # flatters INT8), else --val, else generated ones.
-    if a.calib or a.val:
-        calib = calibration_images(a.calib or a.val, None if a.calib else a.images, a.imgsz, a.calib_num)
-    else:
-        from tinyseg.export import _verify_batch
 
-        calib = _verify_batch(seg, min(a.calib_num, 32))
-    if a.val:
-        data = load_coco(a.val, a.images)
-        image = str(data.images[0].file)
-    else:
-        import cv2
+def _export_all(seg, out: Path, calib: np.ndarray, max_det: int, openvino: bool) -> dict[tuple[str, str], Path]:
+    from tinyseg.deploy.export.onnx import export_onnx
+    from tinyseg.deploy.export.openvino import export_openvino
+    from tinyseg.deploy.export.quantize import quantize_onnx, quantize_openvino
 
-        image = str(out / "bench_image.png")
-        cv2.imwrite(image, calib[0].transpose(1, 2, 0)[:, :, ::-1])
-        data = None
-    models: dict[tuple[str, str], Path] = {}
     print("exporting ...", file=sys.stderr)
-    models[("onnxruntime", "fp32")] = export_onnx(seg, out / "model_fp32.onnx", a.max_det)
-    models[("onnxruntime", "int8")] = quantize_onnx(models[("onnxruntime", "fp32")], out / "model_int8.onnx", calib)
-    if "openvino" in backends:
-        fp32 = models[("onnxruntime", "fp32")]
+    fp32 = export_onnx(seg, out / "model_fp32.onnx", max_det)
+    models = {
+        ("onnxruntime", "fp32"): fp32,
+        ("onnxruntime", "int8"): quantize_onnx(fp32, out / "model_int8.onnx", calib),
+    }
+    if openvino:
         models[("openvino", "fp32")] = export_openvino(fp32, out / "model_fp32.xml")
         models[("openvino", "int8")] = quantize_openvino(fp32, out / "model_int8.xml", calib)
-    row["fp32_mb"] = _file_size(models[("onnxruntime", "fp32")]) / 1e6
-    row["int8_mb"] = _file_size(models[("onnxruntime", "int8")]) / 1e6
+    return models
 
-    if data is not None:
-        ds = CocoDataset(data, a.imgsz, train=False)
-        for key, label in (
-            (("onnxruntime", "fp32"), "fp32"),
-            (("onnxruntime", "int8"), "int8"),
-            (("openvino", "int8"), "ov_int8"),
-        ):
-            if key not in models:
-                continue
+
+def _accuracy(models: dict, data, imgsz: int, max_det: int) -> dict:
+    """Mask / box AP of the ONNX FP32 and INT8 and the OpenVINO INT8 models (OpenVINO FP32: the same graph)."""
+    from tinyseg.data.dataset import CocoDataset
+    from tinyseg.deploy.runtime import EdgeSegmenter
+    from tinyseg.evaluation import evaluate
+
+    ds, row = CocoDataset(data, imgsz), {}
+    for key, label in (
+        (("onnxruntime", "fp32"), "fp32"),
+        (("onnxruntime", "int8"), "int8"),
+        (("openvino", "int8"), "ov_int8"),
+    ):
+        if key in models:
             print(f"evaluating {models[key].name} ...", file=sys.stderr)
-            edge = EdgeSegmenter(models[key], key[0])
-            met, _ = evaluate(edge.run, ds, max_det=a.max_det, batch=1, show_progress=False)
+            met, _ = evaluate(EdgeSegmenter(models[key], key[0]).run, ds, max_det=max_det, batch=1, show_progress=False)
             row[f"mask_ap_{label}"], row[f"box_ap_{label}"] = met["mask_ap"], met["box_ap"]
+    return row
 
+
+def _timing(a, backends: list[str], threads: list[int], models: dict, image: str) -> tuple[list[dict], int]:
+    """The settings take turns, `rounds` times, each a fresh process: a machine that slows down for a while
+    (a shared VM does) then slows every setting alike instead of whichever happened to run then."""
     settings = [
         (backend, prec, t, a.weights if backend == "torch" else models[(backend, prec)])
         for backend in backends
@@ -141,8 +181,6 @@ def run_bench(a) -> dict:
         if (backend, prec) in models or (backend == "torch" and prec == "fp32")
         for t in threads
     ]
-    # The settings take turns, `rounds` times, each a fresh process: a machine that slows down for a while
-    # (a shared VM does) then slows every setting alike instead of whichever happened to run then.
     rounds = max(1, min(a.rounds, a.runs))
     samples: dict[int, list[dict]] = {i: [] for i in range(len(settings))}
     for r in range(rounds):
@@ -158,17 +196,7 @@ def run_bench(a) -> dict:
             stats[f"{name}p90_ms"] = float(np.percentile(times, 90))
         peak = max(s["peak_mb"] for s in samples[i])
         latency.append({"backend": backend, "precision": prec, "threads": t, **stats, "peak_mb": peak})
-    calibration = f"{a.calib or a.val or 'generated images'} ({len(calib)} images)"
-    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds, "calib": calibration}
-    md = to_markdown(result)
-    print(md)
-    if a.markdown:
-        Path(a.markdown).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.markdown).write_text(md + "\n")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(result, indent=1) + "\n")
-    return result
+    return latency, rounds
 
 
 def to_markdown(result: dict) -> str:

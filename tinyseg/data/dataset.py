@@ -1,0 +1,174 @@
+"""The Dataset behind training and evaluation: letterboxed (eval) or randomly augmented (train) images with
+their instances (labels, tight boxes, soft masks at the mask stride), a seeded epoch sampler, and the
+collate of images. Training targets are built from these samples by training code (training/targets.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+from tqdm import tqdm
+
+from tinyseg.config import DataConfig
+from tinyseg.data import transforms as T
+from tinyseg.data.coco import CocoData, load_coco, rles_to_crops
+from tinyseg.errors import DataError
+from tinyseg.io import read_image
+
+# Decoded images are kept in memory up to this many bytes: on a 2-core laptop decoding PNGs every epoch would
+# cost as much as the forward pass.
+IMAGE_CACHE_BYTES = 4 << 30
+
+
+@dataclass
+class TrainingSamples:
+    """How training samples are made: random scale (relative to the letterboxed size), placement, horizontal
+    flip and colour jitter; which instances count; the stride of their mask targets."""
+
+    scale_min: float
+    scale_max: float
+    flip_prob: float
+    color_jitter: float
+    # Instances whose visible part after augmentation is smaller than this many pixels are dropped.
+    min_pixels: int
+    # At most this many instances per image get a mask target (sampled): dense images would otherwise dominate.
+    max_mask_instances: int
+    mask_stride: int
+
+
+def build_training_samples(cfg: DataConfig, mask_stride: int) -> TrainingSamples:
+    return TrainingSamples(
+        cfg.scale_min,
+        cfg.scale_max,
+        cfg.flip_prob,
+        cfg.color_jitter,
+        cfg.min_instance_pixels,
+        cfg.max_mask_instances,
+        mask_stride,
+    )
+
+
+class CocoDataset(Dataset):
+    """Sample i -> (image uint8 [3, S, S], sample dict: image_id, orig_size and the 2x3 input matrix).
+    Evaluation (`training=None`): the image letterboxed. Training: randomly augmented, and the sample also
+    holds its instances: labels [N], boxes [N, 4] (tight, input pixels), masks [M, S/m, S/m] (uint8 0..255
+    area fractions at mask stride m) of the instances mask_index [M], crowd [S/m, S/m] (ignore regions).
+    The augmentation of sample i in epoch e depends only on (seed, e, i): exact resume, any number of workers."""
+
+    def __init__(
+        self,
+        data: CocoData,
+        imgsz: int,
+        training: TrainingSamples | None = None,
+        seed: int = 0,
+        cache_bytes: int = IMAGE_CACHE_BYTES,
+    ):
+        self.data, self.imgsz, self.training, self.seed, self.epoch = data, imgsz, training, seed, 0
+        need = sum(r.height * r.width * 3 for r in data.images)
+        self.cache: list | None = [None] * len(data.images) if need <= cache_bytes else None
+
+    def preload(self, progress: bool = True) -> None:
+        """Decode every image now (in the main process, so DataLoader workers inherit the cache)."""
+        if self.cache is None:
+            return
+        for i in tqdm(range(len(self)), desc=f"load {self.data.path.name}", disable=not progress, leave=False):
+            self._load(i)
+
+    def __len__(self) -> int:
+        return len(self.data.images)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _load(self, i: int) -> tuple[np.ndarray, list[T.MaskCrop], list[T.MaskCrop]]:
+        """(image, object crops, crowd crops) of image i, from the cache when it is there."""
+        if self.cache is not None and self.cache[i] is not None:
+            return self.cache[i]
+        rec = self.data.images[i]
+        img = read_image(rec.file)
+        if img.shape[:2] != (rec.height, rec.width):
+            raise DataError(
+                f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says {rec.width}x{rec.height}"
+            )
+        item = (img, rles_to_crops(rec.rles), rles_to_crops(rec.crowd_rles))
+        if self.cache is not None:
+            self.cache[i] = item
+        return item
+
+    def __getitem__(self, index: int | tuple[int, int]):
+        """index: i, or (epoch, i) from an EpochSampler (persistent workers never see set_epoch)."""
+        epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
+        rec = self.data.images[i]
+        img, obj_crops, crowd_crops = self._load(i)
+        S, t = self.imgsz, self.training
+        if t is None:
+            m = T.Letterbox.fit(rec.height, rec.width, S).matrix()
+            sample = {"image_id": rec.id, "orig_size": (rec.height, rec.width), "matrix": torch.from_numpy(m)}
+            return _chw_view(T.warp_image(img, m, S)), sample
+        rng = np.random.default_rng([self.seed, epoch, i])
+        m = T.random_affine(rec.height, rec.width, S, rng, t.scale_min, t.scale_max, t.flip_prob)
+        out = T.color_jitter(T.warp_image(img, m, S), rng, t.color_jitter)
+        crops = T.warp_crops(obj_crops, m, S)
+        boxes, areas = T.crop_boxes(crops)
+        keep = np.flatnonzero(areas >= t.min_pixels)
+        sel = np.arange(len(keep))
+        if len(sel) > t.max_mask_instances:
+            sel = np.sort(rng.choice(len(sel), t.max_mask_instances, replace=False))
+        crowd = T.downsample_crops(T.warp_crops(crowd_crops, m, S), S, t.mask_stride).max(0, initial=0)
+        sample = {
+            "labels": torch.from_numpy(np.asarray(rec.labels, np.int64)[keep]),
+            "boxes": torch.from_numpy(boxes[keep]),
+            "mask_index": torch.from_numpy(sel),
+            "masks": torch.from_numpy(T.downsample_crops([crops[keep[k]] for k in sel], S, t.mask_stride)),
+            "crowd": torch.from_numpy(crowd),
+            "image_id": rec.id,
+            "orig_size": (rec.height, rec.width),
+            "matrix": torch.from_numpy(m),
+        }
+        return _chw_view(out), sample
+
+
+def _chw_view(hwc: np.ndarray) -> torch.Tensor:
+    """A [3, S, S] view of HWC pixels, not a copy: stack_images() makes the one copy, channels-last."""
+    return torch.from_numpy(hwc).permute(2, 0, 1)
+
+
+def stack_images(batch: list) -> torch.Tensor:
+    """[(image [3, S, S] view of HWC, ...)] -> [B, 3, S, S] in channels-last memory (a view of [B, S, S, 3]):
+    one contiguous copy, in the layout the CPU convolutions want."""
+    return torch.stack([b[0].permute(1, 2, 0) for b in batch]).permute(0, 3, 1, 2)
+
+
+def collate_images(batch: list) -> tuple[torch.Tensor, dict]:
+    """Evaluation batches: images and what maps predictions back to each original image."""
+    meta = {k: [b[1][k] for b in batch] for k in ("image_id", "orig_size", "matrix")}
+    return stack_images(batch), meta
+
+
+class EpochSampler(Sampler):
+    """Shuffles with a generator seeded by (seed, epoch) and yields (epoch, index): the augmentation of every
+    sample is then fixed by (seed, epoch, index) even with persistent DataLoader workers, so a resumed run
+    sees exactly the batches the uninterrupted run would have."""
+
+    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
+        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __iter__(self):
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else range(self.n)
+        return iter([(self.epoch, int(i)) for i in order])
+
+
+def build_dataset(
+    ann_file: str, image_dir: str, cfg: DataConfig, mask_stride: int, train: bool, seed: int = 0
+) -> CocoDataset:
+    """Load and validate the JSON, then wrap it in a CocoDataset (training samples when `train`)."""
+    data = load_coco(ann_file, image_dir or None)
+    return CocoDataset(data, cfg.imgsz, build_training_samples(cfg, mask_stride) if train else None, seed)

@@ -1,0 +1,77 @@
+"""Files in and out: reading any image as RGB, and writing any output atomically.
+
+numpy + Pillow only: the torch-free edge runtime reads images through here too.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from tinyseg.errors import DataError
+
+HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """Any image file -> [H, W, 3] uint8 RGB. Grayscale, RGBA, palette and 16-bit images are converted."""
+    try:
+        with Image.open(path) as im:
+            im.load()
+            if im.mode in HIGH_BIT_MODES:
+                return _high_bit_to_rgb(np.asarray(im, dtype=np.float32))
+            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    except FileNotFoundError:
+        raise DataError(f"{path}: image file not found") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        raise DataError(f"{path}: not a readable image ({e})") from None
+
+
+def _high_bit_to_rgb(a: np.ndarray) -> np.ndarray:
+    """16-bit or float gray [H, W] -> RGB uint8: 16-bit data scaled by 257, anything else by its maximum."""
+    hi = float(a.max()) if a.size else 1.0
+    a = a / (257.0 if 255 < hi <= 65535 else max(hi / 255.0, 1.0))
+    a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(np.repeat(a[:, :, None], 3, 2))
+
+
+@contextmanager
+def atomic_write(path: str | Path) -> Iterator[Path]:
+    """Yield a temporary path to write `path` through; on success it replaces `path` in one step, on any error
+    it is removed. The temp file is created exclusively (O_EXCL) with a random name in the target folder, so
+    a symlink planted there cannot redirect the write, and a crash never leaves a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    tmp = Path(name)
+    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; outputs get the permissions any new file gets
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text(text: str, path: str | Path) -> None:
+    with atomic_write(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(obj: Any, path: str | Path) -> None:
+    write_text(json.dumps(obj, indent=1) + "\n", path)
