@@ -1,0 +1,121 @@
+"""The `tinyseg` command line's arguments: one function per command; cli.COMMANDS runs them."""
+
+from __future__ import annotations
+
+import argparse
+
+BACKENDS = ["auto", "torch", "onnxruntime", "openvino"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tinyseg", description="Tiny real-time instance segmentation.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (_synth, _show, _train, _eval, _predict, _export, _bench):
+        add(sub)
+    return p
+
+
+def _synth(sub) -> None:
+    s = sub.add_parser("synth", help="generate the synthetic shapes dataset (COCO JSON + PNGs)")
+    s.add_argument("out_dir")
+    s.add_argument("--train", type=int, default=1000, help="training images (default 1000)")
+    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
+    s.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+
+
+def _show(sub) -> None:
+    s = sub.add_parser("show", help="render ground-truth overlays of a COCO dataset to PNGs")
+    s.add_argument("--data", required=True, help="COCO instances JSON")
+    s.add_argument("--images", help="image folder (default: the JSON's folder)")
+    s.add_argument("--out", required=True, help="output folder for the PNGs")
+    s.add_argument("--num", type=int, default=16, help="how many images (default 16)")
+    s.add_argument("--augment", action="store_true", help="apply the training augmentation first")
+    s.add_argument("--imgsz", type=int, default=320, help="network input size for --augment")
+    s.add_argument("--seed", type=int, default=0)
+
+
+def _train(sub) -> None:
+    s = sub.add_parser("train", help="train a model")
+    s.add_argument("--config", help="YAML config (model/data/train sections); flags below override it")
+    s.add_argument("--train", help="training COCO JSON")
+    s.add_argument("--val", help="validation COCO JSON")
+    s.add_argument("--images", help="image folder for both JSONs (default: each JSON's folder)")
+    s.add_argument("--model", help="preset: nano (default) or small")
+    s.add_argument("--imgsz", type=int)
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--epochs", type=int)
+    g.add_argument("--time", type=float, help="wall-clock budget in minutes (the LR schedule is fitted to it)")
+    s.add_argument("--batch", type=int)
+    s.add_argument("--out", help="run folder (default runs/train)")
+    s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
+    s.add_argument("--device", help="cpu or cuda")
+    s.add_argument("--workers", type=int, help="DataLoader workers (default 1)")
+    s.add_argument("--seed", type=int)
+    s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.002")
+
+
+def _eval(sub) -> None:
+    s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint or an exported model")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--threads", type=int)
+    s.add_argument("--val", required=True, help="COCO JSON with ground truth")
+    s.add_argument("--images")
+    s.add_argument("--imgsz", type=int)
+    s.add_argument("--max-det", type=int, default=100, help="detections per image and COCO maxDets (dense: 500)")
+    s.add_argument("--conf", type=float, default=0.02, help="score threshold (default 0.02)")
+    s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
+    s.add_argument("--json", help="write the metrics here")
+    s.add_argument("--results", help="write the COCO results JSON here")
+
+
+def _predict(sub) -> None:
+    s = sub.add_parser("predict", help="predict images, a video or a camera; write overlays")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--source", required=True, help="an image, a folder of images, a video file or a camera index")
+    s.add_argument("--out", default="runs/predict")
+    s.add_argument("--conf", type=float, default=0.3)
+    s.add_argument("--backend", default="auto", choices=BACKENDS)
+    s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
+    s.add_argument("--threads", type=int, help="CPU threads for inference")
+    s.add_argument("--show", action="store_true", help="open a window (video/camera)")
+    s.add_argument("--save-video", metavar="OUT.mp4", help="write the annotated video (video/camera)")
+    s.add_argument("--max-frames", type=int, help="stop after this many frames (video/camera)")
+    s.add_argument("--json", help="also write COCO results here (images)")
+
+
+def _export(sub) -> None:
+    s = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (FP32, FP16, INT8)")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--format", required=True, choices=["onnx", "openvino"])
+    s.add_argument("--half", action="store_true", help="OpenVINO: FP16-compressed weights (NCS2)")
+    s.add_argument("--int8", action="store_true", help="INT8 post-training quantization (needs --calib)")
+    s.add_argument("--calib", metavar="ANN.json|DIR", help="calibration images: a COCO JSON or an image folder")
+    s.add_argument("--images", help="image folder for --calib JSON")
+    s.add_argument("--calib-num", type=int, default=300)
+    s.add_argument("--max-det", type=int, help="K detections in the graph (default: the checkpoint's)")
+    s.add_argument("--out", help="output path (default: next to the checkpoint)")
+
+
+def _bench(sub) -> None:
+    s = sub.add_parser("bench", help="model-zoo row: accuracy, size, latency and memory per backend")
+    s.add_argument("--weights", required=True)
+    s.add_argument("--val", help="COCO JSON for mask/box AP (FP32 and INT8)")
+    s.add_argument("--images")
+    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino")
+    s.add_argument("--threads", default="1,2", help="comma list of thread counts")
+    s.add_argument("--runs", type=int, default=50, help="timed runs per setting (after warm-up)")
+    s.add_argument(
+        "--rounds", type=int, default=3, help="the settings take turns this many times, the runs split among them"
+    )
+    s.add_argument(
+        "--calib", help="COCO JSON or image folder for INT8 calibration, e.g. the training set (default: --val)"
+    )
+    s.add_argument("--calib-num", type=int, default=300, help="calibration images (default 300, as export)")
+    s.add_argument("--max-det", type=int, default=100)
+    s.add_argument("--out", default="runs/bench", help="folder for the exported models")
+    s.add_argument("--markdown", help="write the table as Markdown here")
+    s.add_argument("--json", help="write the results as JSON here")
