@@ -12,7 +12,6 @@ Reference (same protocol, from the issue): Ultralytics YOLO11n-seg from scratch,
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import sys
@@ -23,6 +22,7 @@ import torch
 
 from tinyseg.config import Config, apply_overrides, preset
 from tinyseg.evaluation import format_table
+from tinyseg.io import write_json, write_text
 from tinyseg.models.detector import build_model, detect_flops
 from tinyseg.training.trainer import train
 
@@ -84,7 +84,7 @@ def main() -> int:
     }
     out = HERE / "results"
     out.mkdir(exist_ok=True)
-    (out / f"dsb2018_{a.model}.json").write_text(json.dumps(result, indent=1) + "\n")
+    write_json(result, out / f"dsb2018_{a.model}.json")
     md = [
         f"# DSB2018, tinyseg `{a.model}`, {a.minutes:g} CPU minutes at 320, maxDets=500",
         "",
@@ -100,7 +100,7 @@ def main() -> int:
         "",
         f"Machine: {result['machine']}.",
     ]
-    (out / f"dsb2018_{a.model}.md").write_text("\n".join(md) + "\n")
+    write_text("\n".join(md) + "\n", out / f"dsb2018_{a.model}.md")
     print("\n".join(md))
     return 0
 

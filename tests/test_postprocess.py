@@ -4,6 +4,8 @@ the original image."""
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tinyseg.config import MASK_MARGIN, ModelConfig
 from tinyseg.data.transforms import Letterbox
@@ -122,3 +124,37 @@ def test_letterbox_round_trip_to_the_original_image():
     # Bilinear sampling: each edge pixel sees 0.625 of the mask (> 0.5), each corner 0.625^2 (< 0.5).
     want[0, [20, 20, 59, 59], [0, 39, 0, 39]] = False
     assert np.array_equal(got, want)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    h=st.integers(1, 2000),
+    w=st.integers(1, 2000),
+    size=st.sampled_from([64, 128, 320, 640]),
+    box=st.tuples(*[st.floats(0, 1)] * 4),
+)
+def test_letterbox_maps_boxes_back_exactly(h, w, size, box):
+    """Any image size: a box in original pixels, letterboxed into the input and mapped back, is where it was."""
+    lb = Letterbox.fit(h, w, size)
+    x1, x2 = sorted((box[0] * w, box[2] * w))
+    y1, y2 = sorted((box[1] * h, box[3] * h))
+    orig = np.array([[x1, y1, x2, y2]], np.float64)
+    m = lb.matrix().astype(np.float64)
+    corners = np.array([[x1, y1, 1], [x2, y2, 1]]) @ m.T
+    back = lb.boxes_to_original(corners.reshape(1, 4).astype(np.float32))
+    assert np.allclose(back, orig, atol=1e-3 * max(h, w))
+    assert corners.min() >= -1e-3 and corners.max() <= size + 1e-3  # inside the input square
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.integers(0, 2**32 - 1), st.integers(1, 30), st.integers(1, 30))
+def test_tight_box_holds_every_pixel(seed, h, w):
+    from tinyseg.data.transforms import masks_to_boxes
+
+    mask = np.random.default_rng(seed).random((1, h, w)) > 0.7
+    box = masks_to_boxes(mask)[0]
+    ys, xs = np.nonzero(mask[0])
+    if not len(xs):
+        assert not box.any()
+        return
+    assert (box[0], box[1], box[2], box[3]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import os
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
+
+from tinyseg.io import atomic_write, write_text
 
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
 _SPLIT_IDS = {"train": 1, "val": 2}
@@ -167,8 +168,9 @@ def _render_one(args: tuple) -> list[dict]:
     rng = np.random.default_rng([seed, _SPLIT_IDS.get(split, 9), i])
     img, inst = render_image(size, rng)
     path = out_dir / "images" / split / f"{i:06d}.png"
-    if not cv2.imwrite(str(path), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
-        raise OSError(f"{path}: could not write image")
+    with atomic_write(path) as tmp:
+        if not cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
+            raise OSError(f"{path}: could not write image")
     return [_coco_annotation(0, i + 1, obj["category"], obj["mask"]) for obj in inst]
 
 
@@ -198,9 +200,7 @@ def generate_split(
         "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)],
     }
     path = out_dir / f"{split}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(coco))
-    os.replace(tmp, path)  # never leave a half-written JSON behind
+    write_text(json.dumps(coco), path)
     return path
 
 

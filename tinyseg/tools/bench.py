@@ -86,8 +86,9 @@ def run_bench(a) -> dict:
         row.update(_accuracy(models, data, a.imgsz, a.max_det))
     threads = [int(t) for t in str(a.threads).split(",")]
     latency, rounds = _timing(a, backends, threads, models, image)
-    calibration = f"{a.calib or a.val or 'generated images'} ({len(calib)} images)"
-    result = {"zoo": row, "latency": latency, "image": image, "runs": a.runs, "rounds": rounds, "calib": calibration}
+    calibration = f"{_shown(a.calib or a.val or 'generated images')} ({len(calib)} images)"
+    result = {"zoo": row, "latency": latency, "image": _shown(image), "runs": a.runs, "rounds": rounds}
+    result["calib"] = calibration
     md = to_markdown(result)
     print(md)
     if a.markdown:
@@ -95,6 +96,16 @@ def run_bench(a) -> dict:
     if a.json:
         write_json(result, a.json)
     return result
+
+
+def _shown(path: str) -> str:
+    """A path as results files show it: relative to the working folder when inside it (no machine paths in
+    committed results)."""
+    p = Path(path)
+    try:
+        return str(p.resolve().relative_to(Path.cwd().resolve())) if p.exists() else path
+    except ValueError:
+        return path
 
 
 def _calibration(a, seg) -> np.ndarray:
@@ -115,11 +126,10 @@ def _timing_image(a, out: Path, calib: np.ndarray):
 
         data = load_coco(a.val, a.images)
         return data, str(data.images[0].file)
-    import cv2
+    from tinyseg.viz import write_rgb
 
     image = out / "bench_image.png"
-    image.parent.mkdir(parents=True, exist_ok=True)
-    cv2.imwrite(str(image), calib[0].transpose(1, 2, 0)[:, :, ::-1])
+    write_rgb(image, calib[0].transpose(1, 2, 0))
     return None, str(image)
 
 

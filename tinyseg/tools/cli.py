@@ -63,30 +63,31 @@ def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
     return draw_instances(img, np.asarray(boxes), np.asarray(labels), masks, data.class_names)
 
 
+# `tinyseg train` flags -> the config keys they set (after --config, before --set).
+TRAIN_FLAGS = {
+    "train": ("data", "train"),
+    "val": ("data", "val"),
+    "images": ("data", "train_images"),
+    "imgsz": ("data", "imgsz"),
+    "epochs": ("train", "epochs"),
+    "time": ("train", "time"),
+    "batch": ("train", "batch"),
+    "out": ("train", "out"),
+    "device": ("train", "device"),
+    "workers": ("train", "workers"),
+    "seed": ("train", "seed"),
+}
+
+
 def _build_config(a: argparse.Namespace) -> Config:
     cfg = Config.load(a.config) if a.config else Config()
     if a.model:
         cfg.model = preset(a.model)
-    for key, value in (
-        ("train", a.train),
-        ("val", a.val),
-        ("train_images", a.images),
-        ("val_images", a.images),
-        ("imgsz", a.imgsz),
-    ):
-        if value is not None:
-            setattr(cfg.data, key, value)
-    for key, value in (
-        ("epochs", a.epochs),
-        ("time", a.time),
-        ("batch", a.batch),
-        ("out", a.out),
-        ("device", a.device),
-        ("workers", a.workers),
-        ("seed", a.seed),
-    ):
-        if value is not None:
-            setattr(cfg.train, key, value)
+    if a.images is not None:
+        cfg.data.val_images = a.images  # --images serves both JSONs
+    for flag, (section, key) in TRAIN_FLAGS.items():
+        if getattr(a, flag) is not None:
+            setattr(getattr(cfg, section), key, getattr(a, flag))
     apply_overrides(cfg, a.set or [])
     if not a.resume and not cfg.data.train:
         raise ConfigError("no training data: give --train TRAIN.json (or data.train in --config)")

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from tinyseg.io import write_text
 from tinyseg.tools.cli import main as cli
 
 
@@ -46,7 +47,7 @@ def _dataset(data: Path, train_images: int, seed: int) -> int:
     _step(f"1/5 generating the synthetic dataset ({train_images} + 100 images) in {data}")
     if cli(["synth", str(data), "--train", str(train_images), "--val", "100", "--seed", str(seed)]):
         return 1
-    stamp.write_text(json.dumps(meta))
+    write_text(json.dumps(meta), stamp)
     return 0
 
 
