@@ -4,7 +4,8 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 
-from tinyseg.data.coco import decode_masks, load_coco
+from tinyseg.data.coco import load_coco
+from tinyseg.data.rle import decode_masks
 from tinyseg.data.transforms import masks_to_boxes
 from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth
 from tinyseg.io import write_json

@@ -79,7 +79,7 @@ def test_training_lowers_loss_and_overfits_masks(synth):
             data.class_names,
         )
         gt = t["masks"][i][t["valid"][i]]
-        from tinyseg.data.coco import decode_masks
+        from tinyseg.data.rle import decode_masks
 
         gtm = decode_masks(rec.rles, 128, 128).astype(bool)
         for g in gtm:

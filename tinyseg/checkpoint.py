@@ -45,13 +45,19 @@ def load_checkpoint(path: str | Path) -> dict:
         raise CheckpointError(f"{path}: checkpoint not found")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises many types for a corrupt or foreign file
-        raise CheckpointError(f"{path}: not a readable tinyseg checkpoint ({type(e).__name__}: {e})"[:400]) from None
+    except Exception as e:  # torch raises many types for a corrupt or foreign file; its advice does not apply
+        raise CheckpointError(f"{path}: not a readable tinyseg checkpoint ({type(e).__name__})") from None
     if not isinstance(ckpt, dict) or ckpt.get("format") != CHECKPOINT_FORMAT:
         found = ckpt.get("format") if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"{path}: checkpoint format {found!r}, expected {CHECKPOINT_FORMAT!r} (made by another tinyseg version?)"
+            f"{path}: checkpoint format {str(found)[:40]!r}, expected {CHECKPOINT_FORMAT!r} "
+            "(made by another tinyseg version?)"
         )
+    names = ckpt.get("class_names")
+    if not (isinstance(ckpt.get("model"), dict) and isinstance(ckpt.get("config"), dict)):
+        raise CheckpointError(f"{path}: checkpoint without weights or config")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise CheckpointError(f"{path}: checkpoint class_names is not a list of names")
     return ckpt
 
 
@@ -62,13 +68,18 @@ def model_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> tuple[
         model = build_model(cfg.model)
     except (ConfigError, KeyError) as e:
         raise CheckpointError(f"{path}: config in checkpoint does not fit this tinyseg version ({e})") from None
+    if cfg.model.num_classes != len(ckpt["class_names"]):
+        raise CheckpointError(f"{path}: {len(ckpt['class_names'])} class names for {cfg.model.num_classes} classes")
     try:
         model.load_state_dict(ckpt["model"])
-    except RuntimeError as e:
+    except (RuntimeError, TypeError, ValueError, AttributeError) as e:
         raise CheckpointError(f"{path}: weights do not fit the model ({str(e)[:300]})") from None
     return model.eval(), cfg
 
 
-def category_ids(ckpt: dict) -> list[int]:
+def category_ids(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:
     """The dataset's category id of each label (1..C for checkpoints that predate storing them)."""
-    return [int(c) for c in ckpt.get("cat_ids", range(1, len(ckpt["class_names"]) + 1))]
+    ids = ckpt.get("cat_ids", list(range(1, len(ckpt["class_names"]) + 1)))
+    if not (isinstance(ids, list) and len(ids) == len(ckpt["class_names"]) and all(type(c) is int for c in ids)):
+        raise CheckpointError(f"{path}: checkpoint cat_ids is not one integer per class")
+    return ids

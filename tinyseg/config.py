@@ -7,8 +7,10 @@ Only the `build_*` functions read it; every class takes explicit arguments.
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,8 @@ from tinyseg.errors import ConfigError
 # Masks are trained and kept inside their box grown by this many input pixels (graph and host alike), so a box
 # regressed a little too small does not clip its mask. Part of the graph's contract: the host cuts there.
 MASK_MARGIN = 2.0
+# The mask designs models/masks.py builds.
+MASK_HEADS = ("prototypes",)
 
 
 @dataclass
@@ -73,6 +77,9 @@ class DataConfig:
     min_instance_pixels: int = 6
     # At most this many instances per image get a mask loss (sampled): dense images would otherwise dominate.
     max_mask_instances: int = 64
+    # A COCO file_name that leads outside the image folder (`../x.png`, an absolute path) is an error unless this
+    # is true: a dataset from elsewhere must not read arbitrary files.
+    allow_outside_images: bool = False
 
 
 @dataclass
@@ -128,9 +135,13 @@ class Config:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "config") -> Config:
+        """A config from a mapping (YAML, a checkpoint): unknown keys, wrong types and values out of range are
+        ConfigErrors naming `source` and the key."""
+        if not isinstance(d, dict):
+            raise ConfigError(f"{source}: expected a mapping with sections model/data/train")
         cfg = cls()
         _merge(cfg, d, source)
-        return cfg
+        return check_ranges(cfg, source)
 
     @classmethod
     def load(cls, path: str | Path) -> Config:
@@ -190,6 +201,69 @@ def _merge(obj: Any, d: dict[str, Any], source: str, prefix: str = "") -> None:
             _merge(current, value, source, f"{prefix}{key}.")
         else:
             setattr(obj, key, _check_type(value, hints[key], where))
+
+
+def _within(lo: float, hi: float, lo_open: bool = False, hi_open: bool = False) -> Callable[[Any], bool]:
+    def ok(v: Any) -> bool:
+        return (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+    return ok
+
+
+INF = float("inf")
+DEVICE = re.compile(r"cpu|cuda(:\d+)?")
+# (key, check, what it must be): checked whenever a config is built, before anything is read or written.
+# NaN fails every check; limits keep a typo (imgsz 32000, batch 1e6) from running out of memory.
+RANGE_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
+    ("model.width", _within(0, 4, lo_open=True), "in (0, 4]"),
+    ("model.mask_head", lambda v: v in MASK_HEADS, f"one of {', '.join(MASK_HEADS)}"),
+    ("model.depths", lambda v: len(v) == 5 and all(1 <= d <= 32 for d in v), "5 block counts in 1..32"),
+    ("model.expand", _within(1, 16), "in 1..16"),
+    ("model.fused", _within(0, 4), "in 0..4"),
+    ("model.neck_channels", _within(1, 1024), "in 1..1024"),
+    ("model.head_channels", _within(1, 1024), "in 1..1024"),
+    ("model.num_prototypes", _within(1, 256), "in 1..256"),
+    ("model.num_classes", _within(1, 10000), "in 1..10000"),
+    ("model.max_det", _within(1, 10000), "in 1..10000"),
+    ("model.score_thresh", _within(0, 1, hi_open=True), "in [0, 1)"),
+    ("data.imgsz", lambda v: 32 <= v <= 4096 and v % 32 == 0, "a multiple of 32 in 32..4096"),
+    ("data.scale_min", _within(0.05, 20), "in 0.05..20"),
+    ("data.scale_max", _within(0.05, 20), "in 0.05..20 and >= data.scale_min"),
+    ("data.flip_prob", _within(0, 1), "in [0, 1]"),
+    ("data.color_jitter", _within(0, 1), "in [0, 1]"),
+    ("data.min_instance_pixels", _within(0, 10**6), "in 0..1000000"),
+    ("data.max_mask_instances", _within(1, 10**5), "in 1..100000"),
+    ("train.epochs", _within(1, 10**6), "in 1..1000000"),
+    ("train.time", _within(0, INF, hi_open=True), ">= 0 minutes (0: train for train.epochs)"),
+    ("train.batch", _within(1, 4096), "in 1..4096"),
+    ("train.lr", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
+    ("train.weight_decay", _within(0, INF, hi_open=True), ">= 0 and finite"),
+    ("train.warmup", _within(0, 1, hi_open=True), "in [0, 1)"),
+    ("train.final_lr", _within(0, 1), "in [0, 1]"),
+    ("train.ema_decay", _within(0, 1, hi_open=True), "in [0, 1)"),
+    ("train.ema_ramp", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
+    ("train.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("train.grad_clip", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
+    ("train.workers", _within(0, 64), "in 0..64"),
+    ("train.device", lambda v: DEVICE.fullmatch(v) is not None, "cpu, cuda or cuda:N"),
+    ("train.val_interval", _within(1, 10**6), "in 1..1000000"),
+    ("train.heatmap_weight", _within(0, INF, hi_open=True), ">= 0 and finite"),
+    ("train.class_weight", _within(0, INF, hi_open=True), ">= 0 and finite"),
+    ("train.box_weight", _within(0, INF, hi_open=True), ">= 0 and finite"),
+    ("train.mask_weight", _within(0, INF, hi_open=True), ">= 0 and finite"),
+]
+
+
+def check_ranges(cfg: Config, source: str = "config") -> Config:
+    """Raise ConfigError naming the first key whose value is out of range (see RANGE_CHECKS)."""
+    for key, ok, want in RANGE_CHECKS:
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if not ok(value):
+            raise ConfigError(f"{source}: {key} = {value!r} is out of range: must be {want}")
+    if cfg.data.scale_min > cfg.data.scale_max:
+        raise ConfigError(f"{source}: data.scale_min {cfg.data.scale_min} > data.scale_max {cfg.data.scale_max}")
+    return cfg
 
 
 def apply_overrides(cfg: Config, overrides: list[str]) -> Config:

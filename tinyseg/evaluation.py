@@ -103,6 +103,7 @@ def coco_evaluate(
     same for box_*, per-class AP, num_images and max_dets."""
     image_ids = sorted(image_ids if image_ids is not None else gt.getImgIds())
     out: dict = {"num_images": len(image_ids), "max_dets": max_dets, "num_detections": len(results)}
+    out["num_objects"] = len(gt.getAnnIds(imgIds=image_ids, iscrowd=False))
     cat_ids = sorted(gt.getCatIds())
     names = class_names or [gt.cats[c]["name"] for c in cat_ids]
     per_class: dict[str, dict] = {n: {} for n in names}
@@ -134,6 +135,8 @@ def coco_evaluate(
 
 
 def format_table(metrics: dict) -> str:
+    if metrics.get("num_objects") == 0:
+        return f"no ground-truth objects in the {metrics['num_images']} images: AP is undefined (reported as 0)"
     rows = [("", "AP", "AP50", "AP75", "APs", "APm", "APl")]
     for prefix, label in (("mask", "mask"), ("box", "box")):
         rows.append(

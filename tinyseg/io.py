@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -16,22 +17,32 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tinyseg.errors import DataError
+from tinyseg.errors import DataError, UsageError
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
 
 
 def read_image(path: str | Path) -> np.ndarray:
-    """Any image file -> [H, W, 3] uint8 RGB. Grayscale, RGBA, palette and 16-bit images are converted."""
+    """Any image file -> [H, W, 3] uint8 RGB. Grayscale, RGBA, palette and 16-bit images are converted.
+    Only regular files are opened (a FIFO or device would block or never end); images over Pillow's
+    decompression-bomb limit (2 x Image.MAX_IMAGE_PIXELS) are refused."""
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):
+            raise DataError(f"{path}: not a regular file")
         with Image.open(path) as im:
             im.load()
             if im.mode in HIGH_BIT_MODES:
                 return _high_bit_to_rgb(np.asarray(im, dtype=np.float32))
             return np.ascontiguousarray(np.asarray(im.convert("RGB")))
+    except DataError:
+        raise
     except FileNotFoundError:
         raise DataError(f"{path}: image file not found") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    except Image.DecompressionBombError:
+        raise DataError(f"{path}: image too large (over {2 * Image.MAX_IMAGE_PIXELS} pixels)") from None
+    except MemoryError:
+        raise DataError(f"{path}: image too large to decode in memory") from None
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as e:
         raise DataError(f"{path}: not a readable image ({e})") from None
 
 
@@ -75,3 +86,19 @@ def write_text(text: str, path: str | Path) -> None:
 
 def write_json(obj: Any, path: str | Path) -> None:
     write_text(json.dumps(obj, indent=1) + "\n", path)
+
+
+def check_writable(path: str | Path, folder: bool = False) -> Path:
+    """Fail early, before any work, if `path` (a file, or a `folder`) cannot be written: it is the wrong kind of
+    thing, or its nearest existing folder is not writable. Creates nothing."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise UsageError(f"{path}: exists and is {'not ' if folder else ''}a folder")
+    parent = path if folder else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"{path}: cannot write there ({parent} is not a folder)")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise UsageError(f"{path}: cannot write there ({parent} is not writable)")
+    return path

@@ -8,6 +8,7 @@ Category ids (any integers, e.g. COCO's 1..90) map to contiguous labels 0..C-1 a
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,8 +16,13 @@ from pathlib import Path
 import numpy as np
 import pycocotools.mask as mask_util
 
-from tinyseg.data.transforms import MaskCrop
+from tinyseg.data.rle import as_int, to_rle
 from tinyseg.errors import DataError, DataWarning
+from tinyseg.io import read_image
+
+# The largest image a JSON may declare: Pillow's decompression-bomb limit, and 65535 px a side.
+MAX_IMAGE_PIXELS = 2 * 89_478_485
+MAX_IMAGE_SIDE = 65_535
 
 
 @dataclass
@@ -46,33 +52,22 @@ class CocoData:
         return len(self.class_names)
 
 
-def to_rle(seg, h: int, w: int) -> dict:
-    """A COCO `segmentation` (polygons, RLE or uncompressed RLE) -> compressed RLE. Raises ValueError."""
-    if isinstance(seg, list):  # polygons
-        polys = [p for p in seg if isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0]
-        if not polys:
-            raise ValueError("polygon with fewer than 3 points")
-        return mask_util.merge(mask_util.frPyObjects(polys, h, w))
-    if isinstance(seg, dict) and "counts" in seg and "size" in seg:
-        if list(seg["size"]) != [h, w]:
-            raise ValueError(f"RLE size {seg['size']} does not match image size {[h, w]}")
-        if isinstance(seg["counts"], list):  # uncompressed RLE
-            return mask_util.frPyObjects(seg, h, w)
-        counts = seg["counts"].encode("ascii") if isinstance(seg["counts"], str) else seg["counts"]
-        return {"size": [h, w], "counts": counts}
-    raise ValueError("segmentation is neither polygons nor RLE")
-
-
-def load_coco(ann_file: str | Path, image_dir: str | Path | None = None, check_files: bool = True) -> CocoData:
-    """Parse and validate a COCO instances JSON. Raises DataError; warns (DataWarning) about what it skips."""
+def load_coco(
+    ann_file: str | Path, image_dir: str | Path | None = None, check_files: bool = True, allow_outside: bool = False
+) -> CocoData:
+    """Parse and validate a COCO instances JSON. Raises DataError naming the file, the entry and the problem;
+    warns (DataWarning) about what it skips. `allow_outside`: file_names may lead outside the image folder."""
     path = Path(ann_file)
     d = _read_json(path)
     img_dir = Path(image_dir) if image_dir else path.parent
     if not img_dir.is_dir():
         raise DataError(f"{img_dir}: image folder not found")
     cat_ids, names = _categories(d["categories"], path)
-    records, missing = _images(d["images"], img_dir, path, check_files)
-    skipped = _add_annotations(d.get("annotations", []), records, {c: i for i, c in enumerate(cat_ids)}, d["images"])
+    records, missing = _images(d["images"], img_dir, path, check_files, allow_outside)
+    anns = d.get("annotations", [])
+    if not isinstance(anns, list):
+        raise DataError(f"{path}: 'annotations' is not a list")
+    skipped = _add_annotations(anns, records, {c: i for i, c in enumerate(cat_ids)}, d["images"])
     if missing:
         warnings.warn(
             f"{path}: skipped {len(missing)} images whose files are missing, e.g. {missing[:3]}",
@@ -91,9 +86,9 @@ def _read_json(path: Path) -> dict:
     if not path.is_file():
         raise DataError(f"{path}: annotation file not found")
     try:
-        d = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise DataError(f"{path}: not valid JSON ({e})") from None
+        d = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as e:
+        raise DataError(f"{path}: not valid JSON ({str(e)[:200]})") from None
     if not isinstance(d, dict) or not isinstance(d.get("images"), list) or not isinstance(d.get("categories"), list):
         raise DataError(f"{path}: not a COCO instances file (needs 'images' and 'categories' lists)")
     return d
@@ -101,26 +96,29 @@ def _read_json(path: Path) -> dict:
 
 def _categories(cats: list, path: Path) -> tuple[list[int], list[str]]:
     """-> category ids sorted (label i is the i-th), and their names."""
-    try:
-        cats = sorted(cats, key=lambda c: c["id"])
-        cat_ids = [int(c["id"]) for c in cats]
-        names = [str(c.get("name", c["id"])) for c in cats]
-    except (KeyError, TypeError, ValueError):
-        raise DataError(f"{path}: every category needs an integer 'id'") from None
     if not cats:
         raise DataError(f"{path}: no categories")
-    return cat_ids, names
+    for c in cats:
+        if not isinstance(c, dict) or as_int(c.get("id")) is None:
+            raise DataError(f"{path}: category {str(c)[:80]} needs an integer 'id'")
+    cats = sorted(cats, key=lambda c: c["id"])
+    cat_ids = [c["id"] for c in cats]
+    if len(set(cat_ids)) != len(cat_ids):
+        dup = sorted({i for i in cat_ids if cat_ids.count(i) > 1})
+        raise DataError(f"{path}: category ids {dup[:5]} appear more than once")
+    return cat_ids, [str(c.get("name", c["id"])) for c in cats]
 
 
-def _images(images: list, img_dir: Path, path: Path, check_files: bool) -> tuple[dict[int, ImageRecord], list[str]]:
+def _images(
+    images: list, img_dir: Path, path: Path, check_files: bool, allow_outside: bool
+) -> tuple[dict[int, ImageRecord], list[str]]:
     """-> records by image id, and the files that are missing (their images are skipped)."""
     records: dict[int, ImageRecord] = {}
     missing: list[str] = []
     for im in images:
-        try:
-            rec = ImageRecord(int(im["id"]), img_dir / str(im["file_name"]), int(im["height"]), int(im["width"]))
-        except (KeyError, TypeError, ValueError):
-            raise DataError(f"{path}: image entry {im!r:.120} needs id, file_name, height and width") from None
+        rec = _image_record(im, img_dir, path, allow_outside)
+        if rec.id in records:
+            raise DataError(f"{path}: image id {rec.id} appears more than once ({records[rec.id].file.name}, ...)")
         if check_files and not rec.file.is_file():
             missing.append(str(rec.file))
             continue
@@ -128,30 +126,42 @@ def _images(images: list, img_dir: Path, path: Path, check_files: bool) -> tuple
     return records, missing
 
 
+def _image_record(im, img_dir: Path, path: Path, allow_outside: bool) -> ImageRecord:
+    fields = (im.get(k) for k in ("id", "height", "width")) if isinstance(im, dict) else ()
+    image_id, h, w = (as_int(v) for v in fields) if isinstance(im, dict) else (None, None, None)
+    name = im.get("file_name") if isinstance(im, dict) else None
+    if image_id is None or h is None or w is None or not isinstance(name, str) or not name:
+        raise DataError(f"{path}: image entry {str(im)[:120]} needs integer id, height, width and a file_name")
+    if not (0 < h <= MAX_IMAGE_SIDE and 0 < w <= MAX_IMAGE_SIDE and h * w <= MAX_IMAGE_PIXELS):
+        raise DataError(f"{path}: image {image_id} ({name}) has an impossible size {w}x{h}")
+    file = Path(os.path.normpath(img_dir / name))
+    if not allow_outside and not _inside(file, img_dir):
+        raise DataError(
+            f"{path}: image {image_id} file_name {name!r} leads outside the image folder {img_dir} "
+            "(allow it with data.allow_outside_images=true)"
+        )
+    return ImageRecord(image_id, file, h, w)
+
+
+def _inside(file: Path, folder: Path) -> bool:
+    root = os.path.normpath(os.path.abspath(folder))
+    return os.path.commonpath([root, os.path.abspath(file)]) == root
+
+
 def _add_annotations(anns: list, records: dict[int, ImageRecord], label_of: dict[int, int], images: list) -> dict:
     """Attach each usable annotation to its image record; -> {reason: [annotation ids]} of what was skipped."""
     skipped: dict[str, list] = {}
+    known = _ids(images)
     for a in anns:
-        try:
-            rec = records.get(int(a["image_id"]))
-            if rec is None:
-                reason = "its image is missing" if int(a["image_id"]) in _ids(images) else "unknown image_id"
-                skipped.setdefault(reason, []).append(a.get("id"))
-                continue
-            if int(a["category_id"]) not in label_of:
-                skipped.setdefault("unknown category_id", []).append(a.get("id"))
-                continue
-            rle = to_rle(a["segmentation"], rec.height, rec.width)
-        except (KeyError, TypeError) as e:
-            skipped.setdefault(f"missing field {e}", []).append(a.get("id") if isinstance(a, dict) else None)
+        reason, rle = _annotation_rle(a, records, label_of, known)
+        if reason:
+            skipped.setdefault(reason, []).append(a.get("id") if isinstance(a, dict) else None)
             continue
-        except ValueError as e:
-            skipped.setdefault(str(e), []).append(a.get("id"))
-            continue
+        rec = records[a["image_id"]]
         if _box_outside(a.get("bbox"), rec):
             # Boxes are always re-derived from the (clipped) mask, so this is harmless; say so once.
             skipped.setdefault("bbox outside the image: kept, box taken from the mask instead", []).append(a.get("id"))
-        label = label_of[int(a["category_id"])]
+        label = label_of[a["category_id"]]
         if a.get("iscrowd", 0):
             rec.crowd_rles.append(rle)
             rec.crowd_labels.append(label)
@@ -163,30 +173,40 @@ def _add_annotations(anns: list, records: dict[int, ImageRecord], label_of: dict
     return skipped
 
 
+def _annotation_rle(a, records: dict, label_of: dict, known: set) -> tuple[str, dict | None]:
+    """-> ("", its RLE) for a usable annotation, else (why it is skipped, None)."""
+    if not isinstance(a, dict):
+        return "not an object", None
+    image_id, cat_id = as_int(a.get("image_id")), as_int(a.get("category_id"))
+    if image_id is None or cat_id is None or "segmentation" not in a:
+        return "missing or non-integer image_id, category_id or segmentation", None
+    if image_id not in records:
+        return ("its image is missing" if image_id in known else "unknown image_id"), None
+    if cat_id not in label_of:
+        return "unknown category_id", None
+    rec = records[image_id]
+    try:
+        return "", to_rle(a["segmentation"], rec.height, rec.width)
+    except ValueError as e:
+        return str(e), None
+
+
 def _box_outside(bbox, rec: ImageRecord) -> bool:
-    if not (isinstance(bbox, list) and len(bbox) == 4):
+    if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, int | float) for v in bbox)):
         return False
     x, y, w, h = bbox
     return x < -1 or y < -1 or x + w > rec.width + 1 or y + h > rec.height + 1
 
 
 def _ids(images: list) -> set[int]:
-    return {int(im["id"]) for im in images if isinstance(im, dict) and "id" in im}
+    return {im["id"] for im in images if isinstance(im, dict) and as_int(im.get("id")) is not None}
 
 
-def decode_masks(rles: list[dict], h: int, w: int) -> np.ndarray:
-    """Compressed RLEs -> [N, H, W] uint8 masks."""
-    if not rles:
-        return np.zeros((0, h, w), np.uint8)
-    return np.ascontiguousarray(mask_util.decode(rles).transpose(2, 0, 1))
-
-
-def rles_to_crops(rles: list[dict], chunk: int = 32) -> list[MaskCrop]:
-    """Decode RLEs a chunk at a time and keep each mask's bounding-box crop."""
-    out = []
-    for i in range(0, len(rles), chunk):
-        part = rles[i : i + chunk]
-        dec = mask_util.decode(part)  # [H, W, n], Fortran order: slicing one mask's box is cheap
-        for k, (x, y, bw, bh) in enumerate(mask_util.toBbox(part).astype(int)):
-            out.append(MaskCrop(int(x), int(y), np.ascontiguousarray(dec[y : y + bh, x : x + bw, k])))
-    return out
+def read_record_image(rec: ImageRecord) -> np.ndarray:
+    """The image of a record as RGB, checked against the size its JSON entry declares."""
+    img = read_image(rec.file)
+    if img.shape[:2] != (rec.height, rec.width):
+        raise DataError(
+            f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says {rec.width}x{rec.height}"
+        )
+    return img

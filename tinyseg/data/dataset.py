@@ -13,9 +13,8 @@ from tqdm import tqdm
 
 from tinyseg.config import DataConfig
 from tinyseg.data import transforms as T
-from tinyseg.data.coco import CocoData, load_coco, rles_to_crops
-from tinyseg.errors import DataError
-from tinyseg.io import read_image
+from tinyseg.data.coco import CocoData, load_coco, read_record_image
+from tinyseg.data.rle import rles_to_crops
 
 # Decoded images are kept in memory up to this many bytes: on a 2-core laptop decoding PNGs every epoch would
 # cost as much as the forward pass.
@@ -87,12 +86,7 @@ class CocoDataset(Dataset):
         if self.cache is not None and self.cache[i] is not None:
             return self.cache[i]
         rec = self.data.images[i]
-        img = read_image(rec.file)
-        if img.shape[:2] != (rec.height, rec.width):
-            raise DataError(
-                f"{rec.file}: image is {img.shape[1]}x{img.shape[0]} but the JSON says {rec.width}x{rec.height}"
-            )
-        item = (img, rles_to_crops(rec.rles), rles_to_crops(rec.crowd_rles))
+        item = (read_record_image(rec), rles_to_crops(rec.rles), rles_to_crops(rec.crowd_rles))
         if self.cache is not None:
             self.cache[i] = item
         return item
@@ -170,5 +164,5 @@ def build_dataset(
     ann_file: str, image_dir: str, cfg: DataConfig, mask_stride: int, train: bool, seed: int = 0
 ) -> CocoDataset:
     """Load and validate the JSON, then wrap it in a CocoDataset (training samples when `train`)."""
-    data = load_coco(ann_file, image_dir or None)
+    data = load_coco(ann_file, image_dir or None, allow_outside=cfg.allow_outside_images)
     return CocoDataset(data, cfg.imgsz, build_training_samples(cfg, mask_stride) if train else None, seed)

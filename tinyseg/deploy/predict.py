@@ -33,7 +33,7 @@ class Segmenter:
     def load(cls, path: str | Path, device: str = "cpu") -> Segmenter:
         ckpt = load_checkpoint(path)
         model, cfg = model_from_checkpoint(ckpt, path)
-        return cls(model, cfg, list(ckpt["class_names"]), device, category_ids(ckpt))
+        return cls(model, cfg, list(ckpt["class_names"]), device, category_ids(ckpt, path))
 
     def run(self, images: np.ndarray, max_det: int | None = None) -> dict[str, np.ndarray]:
         """Letterboxed uint8 numpy [B, 3, S, S] -> {boxes, scores, classes, masks} numpy (graph contract)."""

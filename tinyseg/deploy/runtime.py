@@ -19,6 +19,31 @@ from tinyseg.errors import EdgeRuntimeError
 
 BACKENDS = ("onnxruntime", "openvino")
 MODEL_SUFFIXES = (".onnx", ".xml")
+OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
+
+
+def parse_metadata(text: str | None, path: Path) -> dict:
+    """The `tinyseg` metadata an export embeds, checked: class_names (strings), imgsz (a multiple of 32),
+    max_det (>= 1), cat_ids (one integer per class; 1..C for models exported before they were stored)."""
+    if not text:
+        raise EdgeRuntimeError(f"{path}: no tinyseg metadata; export the model with `tinyseg export`")
+    try:
+        meta = json.loads(text)
+    except (ValueError, RecursionError):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata is not valid JSON") from None
+    if not isinstance(meta, dict):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata is not a mapping")
+    names, size, max_det = meta.get("class_names"), meta.get("imgsz"), meta.get("max_det")
+    if not (isinstance(names, list) and names and all(isinstance(n, str) for n in names)):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata class_names is not a list of names")
+    if not (type(size) is int and 32 <= size <= 4096 and size % 32 == 0):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata imgsz {str(size)[:20]} is not a multiple of 32 in 32..4096")
+    if not (type(max_det) is int and max_det >= 1):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata max_det {str(max_det)[:20]} is not a count")
+    ids = meta.setdefault("cat_ids", list(range(1, len(names) + 1)))
+    if not (isinstance(ids, list) and len(ids) == len(names) and all(type(c) is int for c in ids)):
+        raise EdgeRuntimeError(f"{path}: tinyseg metadata cat_ids is not one integer per class")
+    return meta
 
 
 def model_file_size(path: Path) -> int:
@@ -55,13 +80,11 @@ class EdgeSegmenter:
             self._init_onnxruntime(threads)
         else:
             self._init_openvino(device, threads)
-        for key in ("class_names", "imgsz", "max_det"):
-            if key not in self.meta:
-                raise EdgeRuntimeError(f"{self.path}: no tinyseg metadata ({key}); export it with `tinyseg export`")
-        self.class_names: list[str] = list(self.meta["class_names"])
-        # The dataset's category id of each label (models exported before they were stored: 1..C).
-        self.cat_ids: list[int] = [int(c) for c in self.meta.get("cat_ids", range(1, len(self.class_names) + 1))]
-        self.imgsz: int = int(self.meta["imgsz"])
+        self.meta = parse_metadata(self._meta_text, self.path)
+        self.class_names: list[str] = self.meta["class_names"]
+        self.cat_ids: list[int] = self.meta["cat_ids"]
+        self.imgsz: int = self.meta["imgsz"]
+        self._check_signature()
         if backend == "openvino":
             self._openvino_request(1)  # compile now: a model the device cannot run fails here, not mid-stream
 
@@ -79,7 +102,12 @@ class EdgeSegmenter:
             self.session = ort.InferenceSession(str(self.path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:  # onnxruntime raises its own exception types for a bad file
             raise EdgeRuntimeError(f"{self.path}: not a loadable ONNX model ({str(e)[:200]})") from None
-        self.meta = json.loads(self.session.get_modelmeta().custom_metadata_map.get("tinyseg", "{}"))
+        self._meta_text = self.session.get_modelmeta().custom_metadata_map.get("tinyseg")
+        i = self.session.get_inputs()
+        self._signature = (
+            [(x.name, x.type, list(x.shape)) for x in i],
+            [o.name for o in self.session.get_outputs()],
+        )
 
     def _init_openvino(self, device: str, threads: int | None) -> None:
         try:
@@ -96,9 +124,16 @@ class EdgeSegmenter:
                 f"OpenVINO device {device!r} not available here (have: {', '.join(core.available_devices)})"
             )
         try:
-            self.meta = json.loads(model.get_rt_info(["tinyseg"]).astype(str))
-        except Exception:
-            self.meta = {}
+            self._meta_text = model.get_rt_info(["tinyseg"]).astype(str)
+        except Exception:  # OpenVINO raises its own type for a missing key
+            self._meta_text = None
+        self._signature = (
+            [
+                (x.get_any_name(), f"tensor({x.get_element_type().get_type_name()})", list(x.get_partial_shape()))
+                for x in model.inputs
+            ],
+            [name for o in model.outputs for name in o.get_names()],
+        )
         config: dict = {}
         if device == "CPU":
             # OpenVINO's CPU plugin silently computes in bf16 where the CPU supports it; ask for f32 so an FP32
@@ -108,6 +143,18 @@ class EdgeSegmenter:
                 config["INFERENCE_NUM_THREADS"] = threads
         self._core, self._model, self._device, self._config = core, model, device, config
         self._requests: dict = {}
+
+    def _check_signature(self) -> None:
+        """The graph takes images uint8 [B, 3, S, S] (S from its metadata) and gives the four outputs."""
+        inputs, outputs = self._signature
+        s = self.imgsz
+        ok = len(inputs) == 1 and inputs[0][0] == "images" and inputs[0][1] in ("tensor(uint8)", "tensor(u8)")
+        ok = ok and len(inputs[0][2]) == 4 and [str(d) for d in inputs[0][2][1:]] == ["3", str(s), str(s)]
+        if not ok:
+            raise EdgeRuntimeError(f"{self.path}: the graph's input {inputs} is not images uint8 [B, 3, {s}, {s}]")
+        missing = [o for o in OUTPUT_NAMES if o not in outputs]
+        if missing:
+            raise EdgeRuntimeError(f"{self.path}: the graph has no output {', '.join(missing)}")
 
     def _openvino_request(self, batch: int):
         """An infer request compiled for this batch size (cached). OpenVINO's CPU plugin runs a static-shape
@@ -135,7 +182,7 @@ class EdgeSegmenter:
             compiled, request = self._openvino_request(len(images))
             res = request.infer({0: images})
             outs = [res[o] for o in compiled.outputs]
-        return dict(zip(("boxes", "scores", "classes", "masks"), outs))
+        return dict(zip(OUTPUT_NAMES, outs))
 
     def predict(self, image: np.ndarray, conf: float = 0.3) -> Detections:
         """RGB uint8 [H, W, 3] -> Detections at the original size with scores >= conf."""

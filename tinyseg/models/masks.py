@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tinyseg.config import MASK_HEADS
 from tinyseg.errors import ConfigError
 from tinyseg.models.heads import Head
 from tinyseg.models.layers import ConvBNAct, SeparableConv
@@ -100,9 +101,6 @@ class PrototypeMasks(nn.Module):
         table = prototype_table(features).reshape(b * h * w, k)
         rows, coefficients = table[image * (h * w) + cell], params.reshape(-1, params.shape[-1])[instance]
         return (rows.float() * coefficients.float()).sum(-1)  # fp32 sums under bf16 autocast, like a MatMul's
-
-
-MASK_HEADS = ("prototypes",)
 
 
 def build_mask_head(kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int) -> nn.Module:

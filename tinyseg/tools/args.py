@@ -3,8 +3,45 @@
 from __future__ import annotations
 
 import argparse
+import math
 
 BACKENDS = ["auto", "torch", "onnxruntime", "openvino"]
+OUTSIDE_HELP = "read images a file_name places outside the image folder ('../x.png', absolute paths)"
+
+
+def count(lo: int = 1, hi: int = 10**6):
+    """An argparse type: an integer in lo..hi (argparse turns the ValueError into a one-line usage error)."""
+
+    def parse(text: str) -> int:
+        v = int(text)
+        if not lo <= v <= hi:
+            raise ValueError
+        return v
+
+    parse.__name__ = f"integer in {lo}..{hi}"
+    return parse
+
+
+def fraction(text: str) -> float:
+    """An argparse type: a number in [0, 1]."""
+    v = float(text)
+    if not 0 <= v <= 1:
+        raise ValueError
+    return v
+
+
+fraction.__name__ = "number in [0, 1]"
+
+
+def minutes(text: str) -> float:
+    """An argparse type: a finite number of minutes > 0."""
+    v = float(text)
+    if not (v > 0 and math.isfinite(v)):
+        raise ValueError
+    return v
+
+
+minutes.__name__ = "number of minutes > 0"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -18,11 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
 def _synth(sub) -> None:
     s = sub.add_parser("synth", help="generate the synthetic shapes dataset (COCO JSON + PNGs)")
     s.add_argument("out_dir")
-    s.add_argument("--train", type=int, default=1000, help="training images (default 1000)")
-    s.add_argument("--val", type=int, default=100, help="validation images (default 100)")
-    s.add_argument("--size", type=int, default=320, help="image side in pixels (default 320)")
+    s.add_argument("--train", type=count(0), default=1000, help="training images (default 1000)")
+    s.add_argument("--val", type=count(0), default=100, help="validation images (default 100)")
+    s.add_argument("--size", type=count(32, 4096), default=320, help="image side in pixels (default 320)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    s.add_argument("--workers", type=count(1, 64), default=2, help="processes (default 2)")
 
 
 def _show(sub) -> None:
@@ -30,9 +67,10 @@ def _show(sub) -> None:
     s.add_argument("--data", required=True, help="COCO instances JSON")
     s.add_argument("--images", help="image folder (default: the JSON's folder)")
     s.add_argument("--out", required=True, help="output folder for the PNGs")
-    s.add_argument("--num", type=int, default=16, help="how many images (default 16)")
+    s.add_argument("--num", type=count(1), default=16, help="how many images (default 16)")
     s.add_argument("--augment", action="store_true", help="apply the training augmentation first")
-    s.add_argument("--imgsz", type=int, default=320, help="network input size for --augment")
+    s.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
+    s.add_argument("--imgsz", type=count(32, 4096), default=320, help="network input size for --augment")
     s.add_argument("--seed", type=int, default=0)
 
 
@@ -43,16 +81,17 @@ def _train(sub) -> None:
     s.add_argument("--val", help="validation COCO JSON")
     s.add_argument("--images", help="image folder for both JSONs (default: each JSON's folder)")
     s.add_argument("--model", help="preset: nano (default) or small")
-    s.add_argument("--imgsz", type=int)
+    s.add_argument("--imgsz", type=count(32, 4096), help="network input size, a multiple of 32 (default 320)")
     g = s.add_mutually_exclusive_group()
-    g.add_argument("--epochs", type=int)
-    g.add_argument("--time", type=float, help="wall-clock budget in minutes (the LR schedule is fitted to it)")
-    s.add_argument("--batch", type=int)
+    g.add_argument("--epochs", type=count(1))
+    g.add_argument("--time", type=minutes, help="wall-clock budget in minutes (the LR schedule is fitted to it)")
+    s.add_argument("--batch", type=count(1, 4096))
     s.add_argument("--out", help="run folder (default runs/train)")
     s.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last.pt")
     s.add_argument("--device", help="cpu or cuda")
-    s.add_argument("--workers", type=int, help="DataLoader workers (default 1)")
+    s.add_argument("--workers", type=count(0, 64), help="DataLoader workers (default 1)")
     s.add_argument("--seed", type=int)
+    s.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     s.add_argument("--set", nargs="*", metavar="KEY=VALUE", help="config overrides, e.g. train.lr=0.002")
 
 
@@ -60,12 +99,15 @@ def _eval(sub) -> None:
     s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint or an exported model")
     s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
-    s.add_argument("--threads", type=int)
+    s.add_argument("--threads", type=count(1, 256))
     s.add_argument("--val", required=True, help="COCO JSON with ground truth")
     s.add_argument("--images")
-    s.add_argument("--imgsz", type=int)
-    s.add_argument("--max-det", type=int, default=100, help="detections per image and COCO maxDets (dense: 500)")
-    s.add_argument("--conf", type=float, default=0.02, help="score threshold (default 0.02)")
+    s.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
+    s.add_argument("--imgsz", type=count(32, 4096))
+    s.add_argument(
+        "--max-det", type=count(1, 10000), default=100, help="detections per image and COCO maxDets (dense: 500)"
+    )
+    s.add_argument("--conf", type=fraction, default=0.02, help="score threshold (default 0.02)")
     s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
     s.add_argument("--json", help="write the metrics here")
     s.add_argument("--results", help="write the COCO results JSON here")
@@ -76,13 +118,13 @@ def _predict(sub) -> None:
     s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
     s.add_argument("--source", required=True, help="an image, a folder of images, a video file or a camera index")
     s.add_argument("--out", default="runs/predict")
-    s.add_argument("--conf", type=float, default=0.3)
+    s.add_argument("--conf", type=fraction, default=0.3, help="score threshold (default 0.3)")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
-    s.add_argument("--threads", type=int, help="CPU threads for inference")
+    s.add_argument("--threads", type=count(1, 256), help="CPU threads for inference")
     s.add_argument("--show", action="store_true", help="open a window (video/camera)")
     s.add_argument("--save-video", metavar="OUT.mp4", help="write the annotated video (video/camera)")
-    s.add_argument("--max-frames", type=int, help="stop after this many frames (video/camera)")
+    s.add_argument("--max-frames", type=count(1, 10**9), help="stop after this many frames (video/camera)")
     s.add_argument("--json", help="also write COCO results here (images)")
 
 
@@ -94,8 +136,8 @@ def _export(sub) -> None:
     s.add_argument("--int8", action="store_true", help="INT8 post-training quantization (needs --calib)")
     s.add_argument("--calib", metavar="ANN.json|DIR", help="calibration images: a COCO JSON or an image folder")
     s.add_argument("--images", help="image folder for --calib JSON")
-    s.add_argument("--calib-num", type=int, default=300)
-    s.add_argument("--max-det", type=int, help="K detections in the graph (default: the checkpoint's)")
+    s.add_argument("--calib-num", type=count(1, 100000), default=300)
+    s.add_argument("--max-det", type=count(1, 10000), help="K detections in the graph (default: the checkpoint's)")
     s.add_argument("--out", help="output path (default: next to the checkpoint)")
 
 
@@ -104,18 +146,23 @@ def _bench(sub) -> None:
     s.add_argument("--weights", required=True)
     s.add_argument("--val", help="COCO JSON for mask/box AP (FP32 and INT8)")
     s.add_argument("--images")
-    s.add_argument("--imgsz", type=int, default=320)
+    s.add_argument("--imgsz", type=count(32, 4096), default=320)
     s.add_argument("--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino")
     s.add_argument("--threads", default="1,2", help="comma list of thread counts")
-    s.add_argument("--runs", type=int, default=50, help="timed runs per setting (after warm-up)")
+    s.add_argument("--runs", type=count(1), default=50, help="timed runs per setting (after warm-up)")
     s.add_argument(
-        "--rounds", type=int, default=3, help="the settings take turns this many times, the runs split among them"
+        "--rounds",
+        type=count(1, 1000),
+        default=3,
+        help="the settings take turns this many times, the runs split among them",
     )
     s.add_argument(
         "--calib", help="COCO JSON or image folder for INT8 calibration, e.g. the training set (default: --val)"
     )
-    s.add_argument("--calib-num", type=int, default=300, help="calibration images (default 300, as export)")
-    s.add_argument("--max-det", type=int, default=100)
+    s.add_argument(
+        "--calib-num", type=count(1, 100000), default=300, help="calibration images (default 300, as export)"
+    )
+    s.add_argument("--max-det", type=count(1, 10000), default=100)
     s.add_argument("--out", default="runs/bench", help="folder for the exported models")
     s.add_argument("--markdown", help="write the table as Markdown here")
     s.add_argument("--json", help="write the results as JSON here")

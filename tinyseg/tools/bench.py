@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tinyseg.deploy.runtime import model_file_size
-from tinyseg.io import write_json, write_text
+from tinyseg.io import check_writable, write_json, write_text
 
 
 def worker(model: str, backend: str, threads: int, runs: int, image: str) -> dict:
@@ -71,6 +71,10 @@ def run_bench(a) -> dict:
     threads setting; print the Markdown table and write it (--markdown) and the results (--json)."""
     from tinyseg.deploy.predict import Segmenter
 
+    check_writable(a.out, folder=True)
+    for path in (a.markdown, a.json):
+        if path:
+            check_writable(path)
     seg = Segmenter.load(a.weights)
     if a.imgsz != seg.imgsz:
         print(f"note: the checkpoint was trained at {seg.imgsz}; benchmarking at {a.imgsz}", file=sys.stderr)

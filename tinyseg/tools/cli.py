@@ -10,9 +10,10 @@ import time
 import warnings
 from pathlib import Path
 
-from tinyseg.config import Config, apply_overrides, preset
+from tinyseg.config import Config, apply_overrides, check_ranges, preset
 from tinyseg.deploy.loader import is_exported, load_predictor
 from tinyseg.errors import ConfigError, DataError, TinysegError, UsageError
+from tinyseg.io import check_writable
 from tinyseg.tools.args import build_parser
 
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
@@ -22,6 +23,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 def cmd_synth(a: argparse.Namespace) -> None:
     from tinyseg.data.synthetic import generate
 
+    check_writable(a.out_dir, folder=True)
     t = time.perf_counter()
     tr, va = generate(a.out_dir, a.train, a.val, a.size, a.seed, progress=True, workers=a.workers)
     dt = time.perf_counter() - t
@@ -34,10 +36,11 @@ def cmd_show(a: argparse.Namespace) -> None:
     from tinyseg.data.coco import load_coco
     from tinyseg.viz import write_rgb
 
-    data = load_coco(a.data, a.images)
+    data = load_coco(a.data, a.images, allow_outside=a.allow_outside_images)
     n = min(a.num, len(data.images))
+    outputs = overlay_paths([r.file for r in data.images[:n]], check_writable(a.out, folder=True))
     for i in tqdm(range(n), desc="render", unit="img"):
-        write_rgb(Path(a.out) / f"{data.images[i].file.stem}.png", _ground_truth_overlay(data, i, a))
+        write_rgb(outputs[i], _ground_truth_overlay(data, i, a))
     print(f"wrote {n} overlays to {a.out}/")
 
 
@@ -46,10 +49,10 @@ def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
     import numpy as np
 
     from tinyseg.config import DataConfig
-    from tinyseg.data.coco import decode_masks
+    from tinyseg.data.coco import read_record_image
     from tinyseg.data.dataset import CocoDataset, build_training_samples
+    from tinyseg.data.rle import decode_masks
     from tinyseg.data.transforms import masks_to_boxes
-    from tinyseg.io import read_image
     from tinyseg.viz import draw_instances
 
     if a.augment:
@@ -58,7 +61,7 @@ def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
         img, masks, labels, boxes = img_t.permute(1, 2, 0).numpy(), t["masks"].numpy() > 127, t["labels"], t["boxes"]
     else:
         rec = data.images[i]
-        img, masks = read_image(rec.file), decode_masks(rec.rles, rec.height, rec.width).astype(bool)
+        img, masks = read_record_image(rec), decode_masks(rec.rles, rec.height, rec.width).astype(bool)
         labels, boxes = np.asarray(rec.labels), masks_to_boxes(masks)
     return draw_instances(img, np.asarray(boxes), np.asarray(labels), masks, data.class_names)
 
@@ -77,6 +80,8 @@ TRAIN_FLAGS = {
     "workers": ("train", "workers"),
     "seed": ("train", "seed"),
 }
+# A resumed run continues exactly as it was configured: these flags cannot change it.
+RESUME_CONFLICTS = ("config", "model", "set", *TRAIN_FLAGS, "allow_outside_images")
 
 
 def _build_config(a: argparse.Namespace) -> Config:
@@ -88,17 +93,24 @@ def _build_config(a: argparse.Namespace) -> Config:
     for flag, (section, key) in TRAIN_FLAGS.items():
         if getattr(a, flag) is not None:
             setattr(getattr(cfg, section), key, getattr(a, flag))
+    if a.allow_outside_images:
+        cfg.data.allow_outside_images = True
     apply_overrides(cfg, a.set or [])
-    if not a.resume and not cfg.data.train:
+    if not cfg.data.train:
         raise ConfigError("no training data: give --train TRAIN.json (or data.train in --config)")
+    check_ranges(cfg, "train options")
+    check_writable(cfg.train.out, folder=True)
     return cfg
 
 
 def cmd_train(a: argparse.Namespace) -> None:
     from tinyseg.training.trainer import train
 
-    cfg = None if a.resume else _build_config(a)
-    summary = train(cfg or Config(), resume=a.resume)
+    if a.resume:
+        given = [f"--{f.replace('_', '-')}" for f in RESUME_CONFLICTS if getattr(a, f) not in (None, False)]
+        if given:
+            raise UsageError(f"--resume continues {a.resume} as it was configured; drop {' '.join(given)}")
+    summary = train(Config() if a.resume else _build_config(a), resume=a.resume)
     m = summary.get("metrics")
     print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {summary['minutes']:.1f} min")
     if m:
@@ -112,8 +124,11 @@ def cmd_eval(a: argparse.Namespace) -> None:
     from tinyseg.evaluation import evaluate, format_table
     from tinyseg.io import write_json
 
+    for path in (a.json, a.results):
+        if path:
+            check_writable(path)
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
-    data = load_coco(a.val, a.images)
+    data = load_coco(a.val, a.images, allow_outside=a.allow_outside_images)
     if data.class_names != pred.class_names:
         warnings.warn(
             f"{a.val}: categories {data.class_names} differ from the model's {pred.class_names}", stacklevel=1
@@ -133,36 +148,63 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
 
 def list_images(source: str) -> list[Path]:
+    """An image file, or the image files (regular files with an image suffix) of a folder, sorted."""
     p = Path(source)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
         if not files:
             raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return files
     if p.is_file():
         return [p]
-    raise DataError(f"{p}: no such file or folder")
+    raise DataError(f"{p}: no such file or folder" if not p.exists() else f"{p}: not a regular file or folder")
+
+
+def overlay_paths(files: list[Path], out: Path) -> list[Path]:
+    """One overlay PNG per input: NAME.png, or NAME_SUFFIX.png where two inputs share a name (x.png, x.jpg).
+    Refuses outputs that would overwrite an input."""
+    stems = [f.stem for f in files]
+    paths = [out / (f"{f.stem}.png" if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix[1:]}.png") for f in files]
+    inputs = {f.resolve() for f in files}
+    clash = next((q for q in paths if q.resolve() in inputs), None)
+    if clash is not None:
+        raise UsageError(f"--out {out}: the overlay {clash.name} would overwrite an input image; choose another folder")
+    return paths
 
 
 def cmd_predict(a: argparse.Namespace) -> None:
-    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     if a.source.isdigit() or Path(a.source).suffix.lower() in VIDEO_SUFFIXES:
+        if a.save_video:
+            check_writable(a.save_video)
         from tinyseg.tools.video import run_video
 
-        run_video(pred, a.source, a.conf, a.show, a.save_video, a.max_frames)
+        run_video(
+            load_predictor(a.weights, a.backend, a.device, a.threads),
+            a.source,
+            a.conf,
+            a.show,
+            a.save_video,
+            a.max_frames,
+        )
         return
     if a.show or a.save_video:
         raise UsageError("--show and --save-video are for a video file or a camera index")
+    files = list_images(a.source)
+    outputs = overlay_paths(files, check_writable(a.out, folder=True))
+    if a.json:
+        check_writable(a.json)
+    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     from tqdm import tqdm
 
-    files = list_images(a.source)
     results, total, skipped = [], 0, 0
-    for image_id, f in enumerate(tqdm(files, desc="predict", unit="img"), 1):
+    for image_id, (f, out) in enumerate(tqdm(list(zip(files, outputs)), desc="predict", unit="img"), 1):
         try:
-            total += _predict_file(pred, f, Path(a.out), a.conf, results if a.json else None, image_id)
+            total += _predict_file(pred, f, out, a.conf, results if a.json else None, image_id)
         except DataError as e:
             print(f"skipped: {e}", file=sys.stderr)
             skipped += 1
+    if skipped == len(files):
+        raise DataError(f"{a.source}: none of the {len(files)} images could be read")
     if a.json:
         from tinyseg.io import write_json
 
@@ -174,16 +216,14 @@ def cmd_predict(a: argparse.Namespace) -> None:
     )
 
 
-def _predict_file(pred, file: Path, out: Path, conf: float, results: list | None, image_id: int) -> int:
+def _predict_file(pred, file: Path, overlay: Path, conf: float, results: list | None, image_id: int) -> int:
     """Predict one image file, write its overlay and (results) append its COCO results; -> detections."""
     from tinyseg.io import read_image
     from tinyseg.viz import draw_instances, write_rgb
 
     img = read_image(file)
     det = pred.predict(img, conf=conf)
-    write_rgb(
-        out / f"{file.stem}.png", draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores)
-    )
+    write_rgb(overlay, draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores))
     if results is not None:
         from tinyseg.evaluation import detections_to_coco
 
@@ -215,7 +255,10 @@ COMMANDS = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # argparse has printed the usage error (or --help)
+        return int(e.code or 0)
     try:
         COMMANDS[args.command](args)
     except TinysegError as e:

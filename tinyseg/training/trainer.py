@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,10 +18,10 @@ import torch
 from torch.utils.data import DataLoader
 
 from tinyseg.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
-from tinyseg.config import Config
+from tinyseg.config import Config, check_ranges
 from tinyseg.data.dataset import CocoDataset, EpochSampler, build_dataset
 from tinyseg.errors import DataError, TrainingError
-from tinyseg.io import atomic_write, write_text
+from tinyseg.io import atomic_write, check_writable, write_text
 from tinyseg.models.detector import MASK_STRIDE, TinySeg, build_model
 from tinyseg.training.engine import ModelEMA, Optimization, evaluate, train_one_epoch
 from tinyseg.training.losses import Criterion, build_criterion
@@ -63,7 +64,9 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     ckpt = _resume_checkpoint(resume) if resume else None
     if ckpt is not None:
         cfg = Config.from_dict(ckpt["config"], str(resume))
+    check_ranges(cfg, str(resume) if resume else "config")
     tc, dc, device = cfg.train, cfg.data, cfg.train.device
+    out = check_writable(tc.out, folder=True)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise TrainingError("--device cuda asked for, but no CUDA device is available")
     torch.manual_seed(tc.seed)
@@ -74,8 +77,9 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
             f"{dc.val}: categories {val_ds.data.class_names} differ from the training set's {train_ds.data.class_names}"
         )
     cfg.model.num_classes = train_ds.data.num_classes
+    if not any(r.labels for r in train_ds.data.images):
+        warnings.warn(f"{dc.train}: no objects to learn from (every annotation is a crowd or skipped)", stacklevel=2)
     train_ds.preload(show_progress)
-    out = Path(tc.out)
     write_text(cfg.to_yaml(), out / "config.yaml")
 
     model = build_model(cfg.model).to(device)

@@ -8,11 +8,18 @@ from pathlib import Path
 
 from tinyseg.deploy.export.onnx import export_onnx
 from tinyseg.deploy.export.openvino import export_openvino
-from tinyseg.deploy.export.parity import SCORE_TOLERANCE, SCORE_TOLERANCE_REDUCED, check_parity, verify_batch
+from tinyseg.deploy.export.parity import (
+    PARITY_CONF,
+    SCORE_TOLERANCE,
+    SCORE_TOLERANCE_REDUCED,
+    check_parity,
+    verify_batch,
+)
 from tinyseg.deploy.export.quantize import calibration_images, quantize_onnx, quantize_openvino
 from tinyseg.deploy.predict import Segmenter
 from tinyseg.deploy.runtime import model_file_size
 from tinyseg.errors import ExportError
+from tinyseg.io import check_writable
 
 VERIFY_IMAGES = 8
 
@@ -35,7 +42,7 @@ def run_export(
         raise ExportError("--half is for FP16 OpenVINO IR (--format openvino without --int8)")
     seg = Segmenter.load(weights)
     tag = "int8" if int8 else ("fp16" if half else "fp32")
-    path = Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}_{tag}" + _suffix(fmt))
+    path = check_writable(Path(out) if out else Path(weights).with_name(f"{Path(weights).stem}_{tag}" + _suffix(fmt)))
     calib_batch = calibration_images(calib, images, seg.imgsz, calib_num) if calib else None
     with tempfile.TemporaryDirectory() as d:
         fp32 = export_onnx(seg, (path if fmt == "onnx" and not int8 else Path(d) / "fp32.onnx"), max_det)
@@ -46,7 +53,11 @@ def run_export(
     check = calib_batch[:VERIFY_IMAGES] if calib_batch is not None else verify_batch(seg.imgsz, VERIFY_IMAGES)
     parity = check_parity(seg, path, check, score_tol=SCORE_TOLERANCE_REDUCED if half or int8 else SCORE_TOLERANCE)
     print(f"wrote {path} ({model_file_size(path) / 1e6:.2f} MB, {tag})")
-    if int8:
+    if not parity.detections:
+        print(
+            f"parity vs PyTorch: UNVERIFIED: no detection scored >= {PARITY_CONF} on the {parity.images} check images"
+        )
+    elif int8:
         print(f"parity vs PyTorch (INT8: differences are expected; measure AP with tinyseg eval): {parity}")
     elif not parity.ok:
         raise ExportError(f"{path}: exported model does not match PyTorch ({parity})")

@@ -23,11 +23,11 @@ from torch import nn
 from tinyseg.config import MASK_MARGIN
 from tinyseg.data.transforms import PAD_VALUE
 from tinyseg.deploy.predict import Segmenter
+from tinyseg.deploy.runtime import OUTPUT_NAMES
 from tinyseg.io import atomic_write
 from tinyseg.models.detector import TinySeg
 from tinyseg.models.masks import PrototypeMasks
 
-OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
 GRAPH_FORMAT = "tinyseg/3"  # bumped when the outputs change meaning (git log has the history)
 ROOT = "model"  # the attribute ExportGraph keeps the model under: the first level of its node names
 
