@@ -117,6 +117,19 @@ def _folder(w: World, name: str, files: dict[str, bytes]) -> str:
     return str(d)
 
 
+def _bomb(w: World) -> str:
+    """A PNG whose header declares 14000 x 14000 pixels (its data is a few bytes)."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", 14000, 14000, 8, 2, 0, 0, 0)
+    png = PNG + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+    return _folder(w, "bomb", {"big.png": png})
+
+
 def _fifo(w: World) -> str:
     d = w.root / "fifo"
     d.mkdir(exist_ok=True)
@@ -267,6 +280,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         2,
         "none of the 1 images",
     ),
+    ("source bomb", lambda w: _predict(w, "--out", str(w.out), source=_bomb(w)), 2, "big.png: image too large"),
     ("source fifo", lambda w: _predict(w, "--out", str(w.out), source=_fifo(w)), 2, "no images"),
     (
         "out equals source",
@@ -292,6 +306,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
     ),
     ("camera 99", lambda w: _predict(w, "--max-frames", "1", source="99", weights=str(w.onnx)), 2, "camera 99"),
     # -- eval / export / synth
+    ("eval no objects", lambda w: _eval(w, val=w.coco(annotations=[])), 0, "no ground-truth objects in the 2 images"),
     ("eval max-det 0", lambda w: _eval(w, "--max-det", "0"), 2, "--max-det: invalid"),
     ("eval json folder", lambda w: _eval(w, "--json", str(w.root)), 2, "exists and is a folder"),
     ("eval imgsz onnx", lambda w: _eval(w, "--imgsz", "320", weights=str(w.onnx)), 2, "needs a new export"),
@@ -369,3 +384,20 @@ def test_bad_input(case, world, capsys):
 def test_cases_cover_the_families():
     assert len(CASES) >= 50 and len({c[0] for c in CASES}) == len(CASES)
     assert np.mean([c[2] == 2 for c in CASES]) > 0.6
+
+
+def test_outputs_never_follow_a_planted_symlink(world, tmp_path):
+    """A symlink planted where an output goes is replaced, not written through: the file it points to is
+    untouched (the write goes to a fresh temp file in the folder, then os.replace)."""
+    from tinyseg.io import write_json
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    link = tmp_path / "out" / "metrics.json"
+    link.parent.mkdir()
+    link.symlink_to(victim)
+    write_json({"mask_ap": 1.0}, link)
+    assert victim.read_text() == "keep me"
+    assert not link.is_symlink() and json.loads(link.read_text()) == {"mask_ap": 1.0}
+    assert main(_predict(world, "--out", str(tmp_path / "out"), "--json", str(link))) == 0
+    assert victim.read_text() == "keep me" and not link.is_symlink()
