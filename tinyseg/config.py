@@ -77,6 +77,9 @@ class DataConfig:
     min_instance_pixels: int = 6
     # At most this many instances per image get a mask loss (sampled): dense images would otherwise dominate.
     max_mask_instances: int = 64
+    # Keep decoded training images in RAM (when they fit in 4 GB): decoding PNGs every epoch costs as much as
+    # the forward pass on a 2-core laptop.
+    cache_images: bool = True
     # A COCO file_name that leads outside the image folder (`../x.png`, an absolute path) is an error unless this
     # is true: a dataset from elsewhere must not read arbitrary files.
     allow_outside_images: bool = False
@@ -101,6 +104,14 @@ class TrainConfig:
     betas: tuple[float, ...] = (0.9, 0.99)
     grad_clip: float = 10.0
     workers: int = 1
+    # Micro-batches per optimiser step: `batch` is the global batch, split over processes x accumulate.
+    accumulate: int = 1
+    # SyncBatchNorm across processes (CUDA only): BN statistics over the global batch, not each replica's part.
+    sync_bn: bool = False
+    # torch.compile the model (opt-in: compiling takes minutes and pays on long GPU runs).
+    compile: bool = False
+    # A collective that waits longer than this (minutes) ends a distributed run instead of hanging it.
+    dist_timeout: float = 10.0
     seed: int = 0
     device: str = "cpu"
     # fp16 mixed precision on CUDA.
@@ -245,6 +256,8 @@ RANGE_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     ("train.grad_clip", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
     ("train.workers", _within(0, 64), "in 0..64"),
+    ("train.accumulate", _within(1, 1024), "in 1..1024"),
+    ("train.dist_timeout", _within(0.1, 1440), "in 0.1..1440 minutes"),
     ("train.device", lambda v: DEVICE.fullmatch(v) is not None, "cpu, cuda or cuda:N"),
     ("train.val_interval", _within(1, 10**6), "in 1..1000000"),
     ("train.heatmap_weight", _within(0, INF, hi_open=True), ">= 0 and finite"),

@@ -15,6 +15,7 @@ from tinyseg.config import DataConfig
 from tinyseg.data import transforms as T
 from tinyseg.data.coco import CocoData, load_coco, read_record_image
 from tinyseg.data.rle import rles_to_crops
+from tinyseg.errors import DataError
 
 # Decoded images are kept in memory up to this many bytes: on a 2-core laptop decoding PNGs every epoch would
 # cost as much as the forward pass.
@@ -66,7 +67,7 @@ class CocoDataset(Dataset):
     ):
         self.data, self.imgsz, self.training, self.seed, self.epoch = data, imgsz, training, seed, 0
         need = sum(r.height * r.width * 3 for r in data.images)
-        self.cache: list | None = [None] * len(data.images) if need <= cache_bytes else None
+        self.cache: list | None = [None] * len(data.images) if 0 < need <= cache_bytes else None
 
     def preload(self, progress: bool = True) -> None:
         """Decode every image now (in the main process, so DataLoader workers inherit the cache)."""
@@ -92,7 +93,7 @@ class CocoDataset(Dataset):
         return item
 
     def __getitem__(self, index: int | tuple[int, int]):
-        """index: i, or (epoch, i) from an EpochSampler (persistent workers never see set_epoch)."""
+        """index: i, or (epoch, i) from an EpochBatchSampler (persistent workers never see set_epoch)."""
         epoch, i = index if isinstance(index, tuple) else (self.epoch, index)
         rec = self.data.images[i]
         img, obj_crops, crowd_crops = self._load(i)
@@ -141,23 +142,35 @@ def collate_images(batch: list) -> tuple[torch.Tensor, dict]:
     return stack_images(batch), meta
 
 
-class EpochSampler(Sampler):
-    """Shuffles with a generator seeded by (seed, epoch) and yields (epoch, index): the augmentation of every
-    sample is then fixed by (seed, epoch, index) even with persistent DataLoader workers, so a resumed run
-    sees exactly the batches the uninterrupted run would have."""
+class EpochBatchSampler(Sampler):
+    """Micro-batches of (epoch, index) pairs for one process. Each epoch shuffles with a generator seeded by
+    (seed, epoch) and cuts the order into global batches of `batch`; each global batch is split into `parts`
+    equal micro-batches, and this process takes the parts `mine`, in order. The augmentation of every sample is
+    fixed by (seed, epoch, index), even with persistent DataLoader workers, so a resumed run sees exactly the
+    batches the uninterrupted one would have; and 2 processes x 1 part see the same micro-batches as 1 process
+    x 2 accumulated parts. A dataset smaller than one batch gives one (smaller) batch per epoch."""
 
-    def __init__(self, n: int, seed: int = 0, shuffle: bool = True):
-        self.n, self.seed, self.shuffle, self.epoch = n, seed, shuffle, 0
+    def __init__(self, n: int, batch: int, seed: int = 0, parts: int = 1, mine: range = range(1)):
+        if n < parts:
+            raise DataError(f"{n} training images cannot be split into {parts} parts (processes x micro-batches)")
+        self.n, self.batch, self.seed, self.parts, self.mine, self.epoch = n, batch, seed, parts, mine, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    @property
+    def global_batches(self) -> int:
+        return max(self.n // self.batch, 1)
+
     def __len__(self) -> int:
-        return self.n
+        return self.global_batches * len(self.mine)
 
     def __iter__(self):
-        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n) if self.shuffle else range(self.n)
-        return iter([(self.epoch, int(i)) for i in order])
+        order = np.random.default_rng([self.seed, self.epoch]).permutation(self.n)
+        for j in range(self.global_batches):
+            pieces = np.array_split(order[j * self.batch : (j + 1) * self.batch], self.parts)
+            for p in self.mine:
+                yield [(self.epoch, int(i)) for i in pieces[p]]
 
 
 def build_dataset(
@@ -165,4 +178,5 @@ def build_dataset(
 ) -> CocoDataset:
     """Load and validate the JSON, then wrap it in a CocoDataset (training samples when `train`)."""
     data = load_coco(ann_file, image_dir or None, allow_outside=cfg.allow_outside_images)
-    return CocoDataset(data, cfg.imgsz, build_training_samples(cfg, mask_stride) if train else None, seed)
+    training = build_training_samples(cfg, mask_stride) if train else None
+    return CocoDataset(data, cfg.imgsz, training, seed, IMAGE_CACHE_BYTES if cfg.cache_images else 0)

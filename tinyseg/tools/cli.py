@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 import warnings
@@ -110,7 +111,14 @@ def cmd_train(a: argparse.Namespace) -> None:
         given = [f"--{f.replace('_', '-')}" for f in RESUME_CONFLICTS if getattr(a, f) not in (None, False)]
         if given:
             raise UsageError(f"--resume continues {a.resume} as it was configured; drop {' '.join(given)}")
-    summary = train(Config() if a.resume else _build_config(a), resume=a.resume)
+    from tinyseg.training.distributed import shutdown
+
+    try:
+        summary = train(Config() if a.resume else _build_config(a), resume=a.resume)
+    finally:
+        shutdown()
+    if "RANK" in os.environ and os.environ["RANK"] != "0":
+        return  # the main process reports
     m = summary.get("metrics")
     print(f"done: {summary['epochs']} epochs, {summary['steps']} steps, {summary['minutes']:.1f} min")
     if m:
@@ -259,14 +267,16 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
     except SystemExit as e:  # argparse has printed the usage error (or --help)
         return int(e.code or 0)
+    # Under torchrun every process runs this: say which one failed.
+    who = f"tinyseg {args.command}" + (f" (rank {os.environ['RANK']})" if "RANK" in os.environ else "")
     try:
         COMMANDS[args.command](args)
     except TinysegError as e:
-        print(f"tinyseg {args.command}: error: {e}", file=sys.stderr)
+        print(f"{who}: error: {e}", file=sys.stderr)
         return 2
     except OSError as e:  # a path the user gave: say which and why, in one line
         where = f"{e.filename}: " if e.filename else ""
-        print(f"tinyseg {args.command}: error: {where}{e.strerror or e}", file=sys.stderr)
+        print(f"{who}: error: {where}{e.strerror or e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -17,6 +18,7 @@ from tinyseg.data.dataset import CocoDataset
 from tinyseg.errors import TrainingError
 from tinyseg.evaluation import evaluate as evaluate_runner
 from tinyseg.models.detector import graph_runner
+from tinyseg.training.distributed import Processes, max_across, sum_across
 from tinyseg.training.losses import Criterion
 
 
@@ -34,12 +36,21 @@ class ModelEMA:
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = self.decay * (1 - math.exp(-self.updates / self.ramp))
-        msd = model.state_dict()
+        msd = unwrap(model).state_dict()
         for k, v in self.model.state_dict().items():
             if v.dtype.is_floating_point:
                 v.mul_(d).add_(msd[k].detach(), alpha=1 - d)
             else:
                 v.copy_(msd[k])
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The model inside a DistributedDataParallel and/or torch.compile wrapper."""
+    while True:
+        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        if not isinstance(inner, nn.Module):
+            return model
+        model = inner
 
 
 def lr_factor(progress: float, warmup: float, final: float) -> float:
@@ -60,26 +71,29 @@ class Optimization:
     warmup: float
     final_lr: float
     grad_clip: float
-    # Autocast dtype (None: fp32): fp16 + a GradScaler on CUDA, bf16 (no scaler needed) on CPUs with native bf16.
+    # Autocast dtype (None: fp32): bf16 where the hardware has it (no scaler needed), else fp16 + a GradScaler.
     amp_dtype: torch.dtype | None = None
     scaler: torch.amp.GradScaler | None = None
+    accumulate: int = 1  # micro-batches per step
 
     def set_progress(self, progress: float) -> None:
         for g in self.optimizer.param_groups:
             g["lr"] = self.base_lr * lr_factor(progress, self.warmup, self.final_lr)
 
-    def step(self, model: nn.Module, loss: torch.Tensor) -> None:
-        self.optimizer.zero_grad(set_to_none=True)
+    def backward(self, loss: torch.Tensor) -> None:
+        (self.scaler.scale(loss) if self.scaler is not None else loss).backward()
+
+    def step(self, model: nn.Module) -> None:
+        """Clip the accumulated gradients, update the weights and the EMA, clear the gradients."""
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
+        if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
-            nn.utils.clip_grad_norm_(model.parameters(), self.grad_clip)
             self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(model)
 
 
@@ -91,41 +105,55 @@ def train_one_epoch(
     device: str,
     epoch: int,
     progress_fn: Callable[[int], float],
-    show_progress: bool = True,
+    procs: Processes | None = None,
 ) -> dict[str, float]:
     """One pass over `loader` (or until progress_fn reaches 1: a time budget can end an epoch early).
-    progress_fn(batches done this epoch) -> fraction of the whole run done; the LR follows it.
-    Returns mean losses, images, batches, images/s and seconds."""
+    Each optimiser step takes `opt.accumulate` micro-batches (under DDP each process its own); progress_fn(steps
+    done this epoch) -> fraction of the whole run done, agreed by all processes; the LR follows it.
+    `model` may be the DDP wrapper. Returns mean losses, images, steps, images/s and seconds over all processes."""
+    procs = procs or Processes()
     model.train()
     sums: dict[str, float] = {}
-    n_batches, n_images, t0 = 0, 0, time.perf_counter()
-    device_type = "cuda" if device.startswith("cuda") else "cpu"
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not show_progress, leave=False, dynamic_ncols=True)
-    for images, targets in bar:
-        p = progress_fn(n_batches)
+    steps, micro, n_images, t0 = 0, 0, 0, time.perf_counter()
+    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not procs.main, leave=False, dynamic_ncols=True)
+    batches = iter(bar)
+    for _ in range(len(loader) // opt.accumulate):
+        p = max_across(progress_fn(steps), procs)
         if p >= 1.0:
             break
         opt.set_progress(p)
-        images = images.to(device, non_blocking=True)
-        targets = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in targets.items()}
-        if device == "cpu":
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device_type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
-            losses = criterion(model(images, targets), targets)
-            loss = criterion.total(losses)
-        if not torch.isfinite(loss):
-            detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
-            raise TrainingError(f"non-finite loss in epoch {epoch} ({detail})")
-        opt.step(model, loss)
-        for k, v in {**losses, "loss": loss}.items():
-            sums[k] = sums.get(k, 0.0) + v.item()
-        n_batches += 1
-        n_images += len(images)
-        bar.set_postfix({k: f"{v / n_batches:.3f}" for k, v in sums.items()}, refresh=False)
+        for m in range(opt.accumulate):
+            images, targets = next(batches)
+            last = m == opt.accumulate - 1
+            with model.no_sync() if procs.distributed and not last else contextlib.nullcontext():
+                losses, loss = _forward_backward(model, criterion, opt, images, targets, device, epoch)
+            for k, v in {**losses, "loss": loss}.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            micro, n_images = micro + 1, n_images + len(images)
+        opt.step(model)
+        steps += 1
+        bar.set_postfix({k: f"{v / micro:.3f}" for k, v in sums.items()}, refresh=False)
     dt = time.perf_counter() - t0
-    stats = {k: v / max(n_batches, 1) for k, v in sums.items()}
-    stats.update(images=n_images, batches=n_batches, images_per_s=n_images / max(dt, 1e-9), seconds=dt)
+    totals = sum_across({**sums, "micro": micro, "images": n_images}, procs)
+    stats = {k: v / max(totals["micro"], 1) for k, v in totals.items() if k not in ("micro", "images")}
+    stats.update(images=int(totals["images"]), batches=steps, images_per_s=totals["images"] / max(dt, 1e-9), seconds=dt)
     return stats
+
+
+def _forward_backward(model, criterion, opt, images, targets, device: str, epoch: int):
+    """One micro-batch: forward, losses, backward of its share of the step's loss. -> (losses, total loss)."""
+    images = images.to(device, non_blocking=True)
+    targets = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in targets.items()}
+    images = images.contiguous(memory_format=torch.channels_last)
+    device_type = "cuda" if device.startswith("cuda") else "cpu"
+    with torch.autocast(device_type=device_type, dtype=opt.amp_dtype, enabled=opt.amp_dtype is not None):
+        losses = criterion(model(images, targets), targets)
+        loss = criterion.total(losses)
+    if not torch.isfinite(loss):
+        detail = ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+        raise TrainingError(f"non-finite loss in epoch {epoch} ({detail})")
+    opt.backward(loss / opt.accumulate)
+    return losses, loss
 
 
 def evaluate(

@@ -15,14 +15,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from tinyseg.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from tinyseg.config import Config, check_ranges
-from tinyseg.data.dataset import CocoDataset, EpochSampler, build_dataset
-from tinyseg.errors import DataError, TrainingError
+from tinyseg.data.dataset import CocoDataset, EpochBatchSampler, build_dataset
+from tinyseg.errors import ConfigError, DataError, TrainingError
 from tinyseg.io import atomic_write, check_writable, write_text
 from tinyseg.models.detector import MASK_STRIDE, TinySeg, build_model
+from tinyseg.training.distributed import (
+    Processes,
+    barrier,
+    init_processes,
+    launched_processes,
+    local_device,
+    max_across,
+)
 from tinyseg.training.engine import ModelEMA, Optimization, evaluate, train_one_epoch
 from tinyseg.training.losses import Criterion, build_criterion
 from tinyseg.training.targets import TrainingCollate
@@ -44,18 +53,21 @@ class Progress:
 class Run:
     cfg: Config
     out: Path
-    model: TinySeg
+    model: TinySeg  # the model itself; `trained` is what runs the steps (its DDP wrapper in a distributed run)
+    trained: torch.nn.Module
     criterion: Criterion
     opt: Optimization
     loader: DataLoader
-    sampler: EpochSampler
+    sampler: EpochBatchSampler
     train_ds: CocoDataset
     val_ds: CocoDataset | None
     progress: Progress
+    procs: Processes
 
 
 def train(cfg: Config, resume: str | None = None, show_progress: bool = True) -> dict:
-    """Train per `cfg` (or continue the run in `resume`). Returns a summary with the final metrics and paths."""
+    """Train per `cfg` (or continue the run in `resume`). Returns a summary with the final metrics and paths.
+    Under torchrun every process calls this; they train one model together (see training/distributed.py)."""
     return fit(setup(cfg, resume, show_progress), show_progress)
 
 
@@ -65,12 +77,52 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     if ckpt is not None:
         cfg = Config.from_dict(ckpt["config"], str(resume))
     check_ranges(cfg, str(resume) if resume else "config")
-    tc, dc, device = cfg.train, cfg.data, cfg.train.device
+    tc = cfg.train
     out = check_writable(tc.out, folder=True)
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise TrainingError("--device cuda asked for, but no CUDA device is available")
+    procs = _check_processes(cfg)
+    device = local_device(tc.device, procs)
     torch.manual_seed(tc.seed)
-    train_ds = build_dataset(dc.train, dc.train_images, dc, MASK_STRIDE, train=True, seed=tc.seed)
+    train_ds, val_ds = _datasets(cfg, show_progress and procs.main)
+    if procs.main:
+        write_text(cfg.to_yaml(), out / "config.yaml")
+    model = build_model(cfg.model).to(device).to(memory_format=torch.channels_last)  # faster convs (oneDNN, cuDNN)
+    opt = _optimization(model, cfg)
+    progress = _restore(ckpt, model, opt) if ckpt is not None else Progress()
+    trained = _replicated(model, cfg, procs, device)
+    parts = procs.world * tc.accumulate
+    sampler = EpochBatchSampler(
+        len(train_ds), tc.batch, tc.seed, parts, range(procs.rank * tc.accumulate, (procs.rank + 1) * tc.accumulate)
+    )
+    loader = DataLoader(
+        train_ds,
+        batch_sampler=sampler,
+        collate_fn=TrainingCollate(model.stride, model.mask_stride),
+        num_workers=tc.workers,
+        persistent_workers=tc.workers > 0,
+        pin_memory=device.startswith("cuda"),
+    )
+    criterion = build_criterion(tc, model.stride)
+    return Run(cfg, out, model, trained, criterion, opt, loader, sampler, train_ds, val_ds, progress, procs)
+
+
+def _check_processes(cfg: Config) -> Processes:
+    """Join the other processes (under torchrun) once the settings are known to work with them."""
+    tc = cfg.train
+    if tc.device.startswith("cuda") and not torch.cuda.is_available():
+        raise TrainingError("--device cuda asked for, but no CUDA device is available")
+    if tc.sync_bn and not tc.device.startswith("cuda"):
+        raise ConfigError("train.sync_bn: SyncBatchNorm runs on CUDA devices only")
+    procs = launched_processes()
+    if tc.batch % (procs.world * tc.accumulate):
+        raise ConfigError(
+            f"train.batch {tc.batch} must split evenly over {procs.world} processes x {tc.accumulate} micro-batches"
+        )
+    return init_processes(tc.device, tc.dist_timeout)
+
+
+def _datasets(cfg: Config, show_progress: bool) -> tuple[CocoDataset, CocoDataset | None]:
+    dc, seed = cfg.data, cfg.train.seed
+    train_ds = build_dataset(dc.train, dc.train_images, dc, MASK_STRIDE, train=True, seed=seed)
     val_ds = build_dataset(dc.val, dc.val_images, dc, MASK_STRIDE, train=False) if dc.val else None
     if val_ds is not None and val_ds.data.class_names != train_ds.data.class_names:
         raise DataError(
@@ -78,65 +130,71 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
         )
     cfg.model.num_classes = train_ds.data.num_classes
     if not any(r.labels for r in train_ds.data.images):
-        warnings.warn(f"{dc.train}: no objects to learn from (every annotation is a crowd or skipped)", stacklevel=2)
+        warnings.warn(f"{dc.train}: no objects to learn from (every annotation is a crowd or skipped)", stacklevel=3)
     train_ds.preload(show_progress)
-    write_text(cfg.to_yaml(), out / "config.yaml")
+    return train_ds, val_ds
 
-    model = build_model(cfg.model).to(device)
-    if device == "cpu":
-        model = model.to(memory_format=torch.channels_last)  # faster convs on CPU (oneDNN)
-    opt = _optimization(model, cfg)
-    progress = Progress()
-    if ckpt is not None:
-        progress = _restore(ckpt, model, opt)
-    sampler = EpochSampler(len(train_ds), tc.seed)
-    loader = DataLoader(
-        train_ds,
-        batch_size=tc.batch,
-        sampler=sampler,
-        drop_last=len(train_ds) >= tc.batch,
-        collate_fn=TrainingCollate(model.stride, model.mask_stride),
-        num_workers=tc.workers,
-        persistent_workers=tc.workers > 0,
-        pin_memory=device.startswith("cuda"),
-    )
-    criterion = build_criterion(tc, model.stride)
-    return Run(cfg, out, model, criterion, opt, loader, sampler, train_ds, val_ds, progress)
+
+def _replicated(model: TinySeg, cfg: Config, procs: Processes, device: str) -> torch.nn.Module:
+    """What the training steps run: the model, compiled if asked, wrapped in DDP in a distributed run."""
+    tc = cfg.train
+    trained: torch.nn.Module = model
+    if tc.sync_bn and procs.distributed:
+        trained = torch.nn.SyncBatchNorm.convert_sync_batchnorm(trained)
+    if tc.compile:
+        trained = torch.compile(trained)
+    if procs.distributed:
+        ids = [torch.device(device).index] if device.startswith("cuda") else None
+        trained = DistributedDataParallel(trained, device_ids=ids)
+    return trained
 
 
 def fit(run: Run, show_progress: bool = True) -> dict:
-    """Train epochs until the epoch count or the time budget is reached; validate, log and save after each."""
-    tc, p = run.cfg.train, run.progress
+    """Train epochs until the epoch count or the time budget is reached; validate, log and save after each.
+    Only the main process evaluates and writes; the others wait for it."""
+    tc, p, procs = run.cfg.train, run.progress, run.procs
     budget = tc.time * 60.0
-    total_steps = tc.epochs * max(len(run.train_ds) // tc.batch, 1)
+    total_steps = tc.epochs * run.sampler.global_batches
     summary: dict = {"out": str(run.out)}
+    device = local_device(tc.device, procs)
     while (p.elapsed < budget) if budget > 0 else (p.epoch < tc.epochs):
         run.sampler.set_epoch(p.epoch)
         start, elapsed0 = time.perf_counter(), p.elapsed
         progress_fn = _progress_fn(budget, total_steps, elapsed0, p.step, start)
         try:
             stats = train_one_epoch(
-                run.model, run.criterion, run.loader, run.opt, tc.device, p.epoch, progress_fn, show_progress
+                run.trained, run.criterion, run.loader, run.opt, device, p.epoch, progress_fn, procs
             )
         except TrainingError as e:
             raise TrainingError(f"{e}; stopped. The last good checkpoint is kept: {run.out / 'last.pt'}") from None
-        p.elapsed, p.step, p.epoch = elapsed0 + time.perf_counter() - start, p.step + stats["batches"], p.epoch + 1
-        finished = p.elapsed >= budget if budget > 0 else p.epoch >= tc.epochs
-        row = {"epoch": p.epoch, "step": p.step, "minutes": round(p.elapsed / 60, 3)}
-        row.update(lr=run.opt.optimizer.param_groups[0]["lr"], **{k: round(v, 5) for k, v in stats.items()})
-        if run.val_ds is not None and (finished or p.epoch % tc.val_interval == 0):
-            metrics, _ = evaluate(run.opt.ema.model, run.val_ds, tc.device, run.cfg.model.max_det, show_progress)
-            row.update(mask_ap=round(metrics["mask_ap"], 4), box_ap=round(metrics["box_ap"], 4))
-            summary["metrics"] = metrics
-        p.history.append(row)
-        _write_csv(p.history, run.out / "metrics.csv")
-        plot_curves(p.history, run.out / "curves.png")
-        save_run(run, row.get("mask_ap", -1.0))
-        if show_progress:
-            print(_epoch_line(row), flush=True)
+        p.elapsed = max_across(elapsed0 + time.perf_counter() - start, procs)  # all processes stop together
+        p.step, p.epoch = p.step + stats["batches"], p.epoch + 1
+        if procs.main:
+            row = _log_epoch(run, stats, show_progress, summary)
+            save_run(run, row.get("mask_ap", -1.0))
+        barrier(procs)
     summary.update(epochs=p.epoch, steps=p.step, minutes=p.elapsed / 60, history=p.history)
     summary.update(best=str(run.out / "best.pt"), last=str(run.out / "last.pt"))
     return summary
+
+
+def _log_epoch(run: Run, stats: dict, show_progress: bool, summary: dict) -> dict:
+    """Validate when it is time, append the epoch's row to metrics.csv and curves.png, print it."""
+    tc, p = run.cfg.train, run.progress
+    finished = p.elapsed >= tc.time * 60 if tc.time > 0 else p.epoch >= tc.epochs
+    row = {"epoch": p.epoch, "step": p.step, "minutes": round(p.elapsed / 60, 3)}
+    row.update(lr=run.opt.optimizer.param_groups[0]["lr"], **{k: round(v, 5) for k, v in stats.items()})
+    if run.val_ds is not None and (finished or p.epoch % tc.val_interval == 0):
+        device = local_device(tc.device, run.procs)
+        metrics, _ = evaluate(run.opt.ema.model, run.val_ds, device, run.cfg.model.max_det, show_progress)
+        row.update(mask_ap=round(metrics["mask_ap"], 4), box_ap=round(metrics["box_ap"], 4))
+        summary["metrics"] = metrics
+    p.history.append(row)
+    _write_csv(p.history, run.out / "metrics.csv")
+    plot_curves(p.history, run.out / "curves.png")
+    if show_progress:
+        print(_epoch_line(row), flush=True)
+    return row
 
 
 def _progress_fn(budget: float, total_steps: int, elapsed0: float, step0: int, start: float):
@@ -181,6 +239,7 @@ def _resume_checkpoint(resume: str) -> dict:
 
 
 def _restore(ckpt: dict, model: TinySeg, opt: Optimization) -> Progress:
+    """Weights, EMA, optimiser and RNG from last.pt: every process restores the same state."""
     state = ckpt["train_state"]
     model.load_state_dict(state["model"])
     opt.ema.model.load_state_dict(ckpt["model"])
@@ -196,9 +255,13 @@ def _optimization(model: TinySeg, cfg: Config) -> Optimization:
     ema = ModelEMA(model, tc.ema_decay, tc.ema_ramp)
     amp_dtype = None
     if tc.amp and amp_supported(tc.device, tc.cpu_bf16):
-        amp_dtype = torch.float16 if tc.device.startswith("cuda") else torch.bfloat16
+        cuda_bf16 = tc.device.startswith("cuda") and torch.cuda.is_bf16_supported()
+        amp_dtype = torch.bfloat16 if cuda_bf16 or not tc.device.startswith("cuda") else torch.float16
+    if tc.device.startswith("cuda"):
+        torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels once
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    return Optimization(optimizer, ema, tc.lr, tc.warmup, tc.final_lr, tc.grad_clip, amp_dtype, scaler)
+    opts = (tc.lr, tc.warmup, tc.final_lr, tc.grad_clip, amp_dtype, scaler, tc.accumulate)
+    return Optimization(optimizer, ema, *opts)
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
