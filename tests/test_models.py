@@ -8,7 +8,7 @@ from tinyseg.models.detector import build_model, detect_flops
 from tinyseg.models.layers import StridedDepthwiseConv
 
 
-@pytest.mark.parametrize("name", ["nano", "small"])
+@pytest.mark.parametrize("name", ["nano", "small", "medium"])
 def test_head_shapes(name):
     cfg = preset(name)
     cfg.num_classes = 5

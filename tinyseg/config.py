@@ -172,6 +172,8 @@ class Config:
 PRESETS: dict[str, dict[str, Any]] = {
     "nano": {},
     "small": dict(width=0.75, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=64, head_channels=64, num_prototypes=24),
+    # For a GPU, at 640 (--imgsz 640): full width, deeper stages, 32 prototypes as YOLACT.
+    "medium": dict(width=1.0, depths=(1, 2, 3, 4, 3), expand=6, neck_channels=96, head_channels=64, num_prototypes=32),
 }
 
 

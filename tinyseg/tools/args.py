@@ -80,7 +80,7 @@ def _train(sub) -> None:
     s.add_argument("--train", help="training COCO JSON")
     s.add_argument("--val", help="validation COCO JSON")
     s.add_argument("--images", help="image folder for both JSONs (default: each JSON's folder)")
-    s.add_argument("--model", help="preset: nano (default) or small")
+    s.add_argument("--model", help="preset: nano (default), small, or medium (for a GPU, at --imgsz 640)")
     s.add_argument("--imgsz", type=count(32, 4096), help="network input size, a multiple of 32 (default 320)")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--epochs", type=count(1))
