@@ -106,6 +106,7 @@ def train_one_epoch(
     epoch: int,
     progress_fn: Callable[[int], float],
     procs: Processes | None = None,
+    show_progress: bool = True,
 ) -> dict[str, float]:
     """One pass over `loader` (or until progress_fn reaches 1: a time budget can end an epoch early).
     Each optimiser step takes `opt.accumulate` micro-batches (under DDP each process its own); progress_fn(steps
@@ -115,7 +116,9 @@ def train_one_epoch(
     model.train()
     sums: dict[str, float] = {}
     steps, micro, n_images, t0 = 0, 0, 0, time.perf_counter()
-    bar = tqdm(loader, desc=f"epoch {epoch}", disable=not procs.main, leave=False, dynamic_ncols=True)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch}", disable=not (show_progress and procs.main), leave=False, dynamic_ncols=True
+    )
     batches = iter(bar)
     for _ in range(len(loader) // opt.accumulate):
         p = max_across(progress_fn(steps), procs)
@@ -140,7 +143,15 @@ def train_one_epoch(
     return stats
 
 
-def _forward_backward(model, criterion, opt, images, targets, device: str, epoch: int):
+def _forward_backward(
+    model: nn.Module,
+    criterion: Criterion,
+    opt: Optimization,
+    images: torch.Tensor,
+    targets: dict,
+    device: str,
+    epoch: int,
+) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
     """One micro-batch: forward, losses, backward of its share of the step's loss. -> (losses, total loss)."""
     images = images.to(device, non_blocking=True)
     targets = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in targets.items()}

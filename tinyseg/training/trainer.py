@@ -163,7 +163,7 @@ def fit(run: Run, show_progress: bool = True) -> dict:
         progress_fn = _progress_fn(budget, total_steps, elapsed0, p.step, start)
         try:
             stats = train_one_epoch(
-                run.trained, run.criterion, run.loader, run.opt, device, p.epoch, progress_fn, procs
+                run.trained, run.criterion, run.loader, run.opt, device, p.epoch, progress_fn, procs, show_progress
             )
         except TrainingError as e:
             raise TrainingError(f"{e}; stopped. The last good checkpoint is kept: {run.out / 'last.pt'}") from None
