@@ -60,8 +60,11 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
+    # COCO instances JSONs.
     train: str = ""
     val: str = ""
+    # Or a YOLO-seg data.yaml (Ultralytics layout): its `train` and `val` splits replace train / val.
+    data: str = ""
     # Image folders; empty means "the JSON's own folder".
     train_images: str = ""
     val_images: str = ""

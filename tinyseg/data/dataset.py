@@ -173,10 +173,15 @@ class EpochBatchSampler(Sampler):
                 yield [(self.epoch, int(i)) for i in pieces[p]]
 
 
-def build_dataset(
-    ann_file: str, image_dir: str, cfg: DataConfig, mask_stride: int, train: bool, seed: int = 0
-) -> CocoDataset:
-    """Load and validate the JSON, then wrap it in a CocoDataset (training samples when `train`)."""
-    data = load_coco(ann_file, image_dir or None, allow_outside=cfg.allow_outside_images)
+def build_dataset(cfg: DataConfig, split: str, mask_stride: int, train: bool, seed: int = 0) -> CocoDataset:
+    """Load and validate split `split` ("train" or "val": the COCO JSON data.<split>, or that split of the YOLO
+    data.yaml data.data), then wrap it in a CocoDataset (training samples when `train`)."""
+    if cfg.data:
+        from tinyseg.data.yolo import read_yolo
+
+        data = read_yolo(cfg.data, split)
+    else:
+        images = getattr(cfg, f"{split}_images")
+        data = load_coco(getattr(cfg, split), images or None, allow_outside=cfg.allow_outside_images)
     training = build_training_samples(cfg, mask_stride) if train else None
     return CocoDataset(data, cfg.imgsz, training, seed, IMAGE_CACHE_BYTES if cfg.cache_images else 0)

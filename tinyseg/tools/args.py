@@ -47,7 +47,7 @@ minutes.__name__ = "number of minutes > 0"
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tinyseg", description="Tiny real-time instance segmentation.")
     sub = p.add_subparsers(dest="command", required=True)
-    for add in (_synth, _show, _train, _eval, _predict, _export, _bench):
+    for add in (_synth, _show, _convert, _train, _eval, _predict, _export, _bench):
         add(sub)
     return p
 
@@ -74,11 +74,24 @@ def _show(sub) -> None:
     s.add_argument("--seed", type=int, default=0)
 
 
+def _convert(sub) -> None:
+    s = sub.add_parser("convert", help="convert a dataset: COCO JSON <-> YOLO-seg (data.yaml + images/ + labels/)")
+    src = s.add_mutually_exclusive_group(required=True)
+    src.add_argument("--coco", metavar="ANN.json", help="a COCO instances JSON to convert")
+    src.add_argument("--yolo", metavar="data.yaml", help="a YOLO-seg data.yaml to convert")
+    s.add_argument("--to-yolo", metavar="DIR", help="write a YOLO-seg dataset here (with --coco)")
+    s.add_argument("--to-coco", metavar="OUT.json", help="write a COCO JSON here, images beside it (with --yolo)")
+    s.add_argument("--split", help="split name (default: the JSON's name, e.g. train; with --yolo: train)")
+    s.add_argument("--images", help="image folder of --coco (default: the JSON's folder)")
+    s.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
+
+
 def _train(sub) -> None:
     s = sub.add_parser("train", help="train a model")
     s.add_argument("--config", help="YAML config (model/data/train sections); flags below override it")
     s.add_argument("--train", help="training COCO JSON")
     s.add_argument("--val", help="validation COCO JSON")
+    s.add_argument("--data", metavar="data.yaml", help="a YOLO-seg dataset instead of --train/--val (its splits)")
     s.add_argument("--images", help="image folder for both JSONs (default: each JSON's folder)")
     s.add_argument("--model", help="preset: nano (default), small, or medium (for a GPU, at --imgsz 640)")
     s.add_argument("--imgsz", type=count(32, 4096), help="network input size, a multiple of 32 (default 320)")
@@ -100,7 +113,8 @@ def _eval(sub) -> None:
     s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--threads", type=count(1, 256))
-    s.add_argument("--val", required=True, help="COCO JSON with ground truth")
+    s.add_argument("--val", required=True, help="COCO JSON with ground truth, or a YOLO-seg data.yaml")
+    s.add_argument("--split", default="val", help="the data.yaml split to evaluate (default val)")
     s.add_argument("--images")
     s.add_argument("--allow-outside-images", action="store_true", help=OUTSIDE_HELP)
     s.add_argument("--imgsz", type=count(32, 4096))

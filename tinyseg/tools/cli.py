@@ -71,6 +71,7 @@ def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
 TRAIN_FLAGS = {
     "train": ("data", "train"),
     "val": ("data", "val"),
+    "data": ("data", "data"),
     "images": ("data", "train_images"),
     "imgsz": ("data", "imgsz"),
     "epochs": ("train", "epochs"),
@@ -97,8 +98,10 @@ def _build_config(a: argparse.Namespace) -> Config:
     if a.allow_outside_images:
         cfg.data.allow_outside_images = True
     apply_overrides(cfg, a.set or [])
-    if not cfg.data.train:
-        raise ConfigError("no training data: give --train TRAIN.json (or data.train in --config)")
+    if not (cfg.data.train or cfg.data.data):
+        raise ConfigError("no training data: give --train TRAIN.json or --data data.yaml (or data.train in --config)")
+    if cfg.data.train and cfg.data.data:
+        raise UsageError("give either --train/--val (COCO JSON) or --data (YOLO-seg data.yaml), not both")
     check_ranges(cfg, "train options")
     check_writable(cfg.train.out, folder=True)
     return cfg
@@ -127,7 +130,6 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
-    from tinyseg.data.coco import load_coco
     from tinyseg.data.dataset import CocoDataset
     from tinyseg.evaluation import evaluate, format_table
     from tinyseg.io import write_json
@@ -136,7 +138,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         if path:
             check_writable(path)
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
-    data = load_coco(a.val, a.images, allow_outside=a.allow_outside_images)
+    data = _eval_data(a)
     if data.class_names != pred.class_names:
         warnings.warn(
             f"{a.val}: categories {data.class_names} differ from the model's {pred.class_names}", stacklevel=1
@@ -153,6 +155,35 @@ def cmd_eval(a: argparse.Namespace) -> None:
         if path:
             write_json(obj, path)
             print(f"wrote {path}")
+
+
+def _eval_data(a: argparse.Namespace):
+    """--val as a COCO JSON, or a split of a YOLO-seg data.yaml."""
+    from tinyseg.data.coco import load_coco
+
+    if Path(a.val).suffix.lower() in (".yaml", ".yml"):
+        from tinyseg.data.yolo import read_yolo
+
+        return read_yolo(a.val, a.split)
+    return load_coco(a.val, a.images, allow_outside=a.allow_outside_images)
+
+
+def cmd_convert(a: argparse.Namespace) -> None:
+    from tinyseg.data import yolo
+    from tinyseg.data.coco import load_coco
+
+    if a.coco:
+        if not a.to_yolo:
+            raise UsageError("--coco converts to YOLO-seg: give --to-yolo DIR")
+        data = load_coco(a.coco, a.images, allow_outside=a.allow_outside_images)
+        out = yolo.write_yolo(data, check_writable(a.to_yolo, folder=True), a.split or Path(a.coco).stem)
+    else:
+        if not a.to_coco:
+            raise UsageError("--yolo converts to COCO: give --to-coco OUT.json")
+        data = yolo.read_yolo(a.yolo, a.split or "train")
+        out = yolo.write_coco(data, check_writable(a.to_coco), a.split or "train")
+    n = sum(len(r.labels) for r in data.images)
+    print(f"wrote {out}: {len(data.images)} images, {n} objects, classes {', '.join(data.class_names)}")
 
 
 def list_images(source: str) -> list[Path]:
@@ -254,6 +285,7 @@ def cmd_bench(a: argparse.Namespace) -> None:
 COMMANDS = {
     "synth": cmd_synth,
     "show": cmd_show,
+    "convert": cmd_convert,
     "train": cmd_train,
     "eval": cmd_eval,
     "predict": cmd_predict,

@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader
 from tinyseg.checkpoint import checkpoint_payload, load_checkpoint, save_checkpoint
 from tinyseg.config import Config, check_ranges
 from tinyseg.data.dataset import CocoDataset, EpochBatchSampler, build_dataset
+from tinyseg.data.yolo import has_yolo_split
 from tinyseg.errors import ConfigError, DataError, TrainingError
 from tinyseg.io import atomic_write, check_writable, write_text
 from tinyseg.models.detector import MASK_STRIDE, TinySeg, build_model
@@ -122,15 +123,19 @@ def _check_processes(cfg: Config) -> Processes:
 
 def _datasets(cfg: Config, show_progress: bool) -> tuple[CocoDataset, CocoDataset | None]:
     dc, seed = cfg.data, cfg.train.seed
-    train_ds = build_dataset(dc.train, dc.train_images, dc, MASK_STRIDE, train=True, seed=seed)
-    val_ds = build_dataset(dc.val, dc.val_images, dc, MASK_STRIDE, train=False) if dc.val else None
+    train_ds = build_dataset(dc, "train", MASK_STRIDE, train=True, seed=seed)
+    has_val = has_yolo_split(dc.data, "val") if dc.data else bool(dc.val)
+    val_ds = build_dataset(dc, "val", MASK_STRIDE, train=False) if has_val else None
     if val_ds is not None and val_ds.data.class_names != train_ds.data.class_names:
         raise DataError(
-            f"{dc.val}: categories {val_ds.data.class_names} differ from the training set's {train_ds.data.class_names}"
+            f"{val_ds.data.path}: categories {val_ds.data.class_names} differ from the training set's "
+            f"{train_ds.data.class_names}"
         )
     cfg.model.num_classes = train_ds.data.num_classes
     if not any(r.labels for r in train_ds.data.images):
-        warnings.warn(f"{dc.train}: no objects to learn from (every annotation is a crowd or skipped)", stacklevel=3)
+        warnings.warn(
+            f"{train_ds.data.path}: no objects to learn from (every annotation is a crowd or skipped)", stacklevel=3
+        )
     train_ds.preload(show_progress)
     return train_ds, val_ds
 
