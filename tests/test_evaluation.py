@@ -7,7 +7,8 @@ import pytest
 from tinyseg.data.coco import load_coco
 from tinyseg.data.rle import decode_masks
 from tinyseg.data.transforms import masks_to_boxes
-from tinyseg.evaluation import coco_evaluate, detections_to_coco, ground_truth
+from tinyseg.deploy.results import detections_to_coco
+from tinyseg.evaluation import coco_evaluate, ground_truth
 from tinyseg.io import write_json
 
 from .conftest import grid_rectangles, write_coco, write_png

@@ -206,7 +206,8 @@ def test_runtime_never_imports_torch(onnx_path, synth, tmp_path):
         assert det.masks.shape == (20, 128, 128), det.masks.shape
         from tinyseg.tools.cli import main
         rc = main(["predict", "--weights", {str(onnx_path)!r}, "--source", {str(synth / "images/val")!r},
-                   "--out", {str(tmp_path / "p")!r}, "--conf", "0.1"])
+                   "--out", {str(tmp_path / "p")!r}, "--conf", "0.1", "--json", {str(tmp_path / "r.json")!r},
+                   "--format", "polygons", "--save-txt"])
         assert rc == 0
         assert "torch" not in sys.modules
         print("OK")
@@ -214,6 +215,8 @@ def test_runtime_never_imports_torch(onnx_path, synth, tmp_path):
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 0 and "OK" in res.stdout, res.stderr[-2000:]
     assert len(list((tmp_path / "p").glob("*.png"))) == 8
+    assert len(list((tmp_path / "p" / "labels").glob("*.txt"))) == 8  # YOLO-seg labels, torch-free
+    assert json.loads((tmp_path / "r.json").read_text())
 
 
 def test_predict_on_generated_video(onnx_path, synth, tmp_path, capsys):

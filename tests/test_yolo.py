@@ -155,3 +155,38 @@ def test_bad_data_yaml_is_one_line(tmp_path, capsys, text, said):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert said in err and "Traceback" not in err
+
+
+def test_results_out_as_rle_polygons_and_yolo_lines(tiny_run, synth, tmp_path):
+    """predict --json as RLE (pycocotools' own encoding, bit for bit) and as polygons describe the same masks;
+    --save-txt writes the same polygons as YOLO-seg lines."""
+    from tinyseg.deploy.results import Detections
+
+    rng = np.random.default_rng(0)
+    masks = rng.random((3, 30, 40)) > 0.6
+    det = Detections(np.zeros((3, 4), np.float32), np.ones(3, np.float32), np.array([0, 1, 0]), masks, ["a", "b"])
+    for r, m in zip(det.to_coco(7, [10, 20]), masks):
+        assert r["segmentation"]["counts"] == mask_util.encode(np.asfortranarray(m.astype(np.uint8)))["counts"].decode()
+        assert r["image_id"] == 7 and r["category_id"] in (10, 20)
+    for r, m in zip(det.to_coco(7, [10, 20], fmt="polygons"), masks):
+        back = mask_util.decode(mask_util.frPyObjects(r["segmentation"], 30, 40))[:, :, 0]
+        assert np.array_equal(back, m)
+
+    out = tmp_path / "p"
+    base = ["predict", "--weights", str(tiny_run / "best.pt"), "--source", str(synth / "images/val"), "--conf", "0.0"]
+    assert main(base + ["--out", str(out), "--json", str(tmp_path / "rle.json"), "--save-txt"]) == 0
+    assert main(base + ["--out", str(out), "--json", str(tmp_path / "poly.json"), "--format", "polygons"]) == 0
+    rle, poly = (json.loads((tmp_path / f).read_text()) for f in ("rle.json", "poly.json"))
+    assert len(rle) == len(poly) > 0
+    h = w = 128
+    for a, b in zip(rle, poly):
+        ma = mask_util.decode(a["segmentation"])
+        mb = (
+            mask_util.decode(mask_util.frPyObjects(b["segmentation"], h, w))[:, :, 0]
+            if b["segmentation"][0]
+            else ma * 0
+        )
+        assert np.array_equal(ma, mb)
+    lines = (out / "labels" / "000000.txt").read_text().splitlines()
+    first = [r for r in rle if r["image_id"] == 1 and r["segmentation"]["counts"] != "0PZ1"]
+    assert len(lines) == sum(1 for r in first if mask_util.area(r["segmentation"]) > 0)

@@ -26,37 +26,6 @@ from tinyseg.deploy.results import to_detections
 GraphRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def encode_mask(mask: np.ndarray) -> dict:
-    """[H, W] bool -> COCO compressed RLE with a str `counts` (JSON-ready)."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def detections_to_coco(
-    image_id: int,
-    boxes: np.ndarray,
-    scores: np.ndarray,
-    classes: np.ndarray,
-    masks: np.ndarray | None,
-    cat_ids: list[int],
-) -> list[dict]:
-    """One image's detections (boxes xyxy in original pixels, masks [N, H, W] bool) -> COCO result dicts."""
-    out = []
-    for i in range(len(scores)):
-        x1, y1, x2, y2 = (float(v) for v in boxes[i])
-        r = {
-            "image_id": int(image_id),
-            "category_id": int(cat_ids[int(classes[i])]),
-            "bbox": [x1, y1, x2 - x1, y2 - y1],
-            "score": float(scores[i]),
-        }
-        if masks is not None:
-            r["segmentation"] = encode_mask(masks[i])
-        out.append(r)
-    return out
-
-
 def ground_truth(data: CocoData) -> COCO:
     """A pycocotools COCO object built from the validated dataset (what was skipped at load is not scored)."""
     images, anns = [], []
@@ -165,7 +134,7 @@ def predict_dataset(
         for i, (image_id, (h, w), m) in enumerate(zip(meta["image_id"], meta["orig_size"], meta["matrix"])):
             det = [out[k][i] for k in ("boxes", "scores", "classes", "masks")]
             d = to_detections(*det, Letterbox.from_matrix(m.numpy()), h, w, dataset.imgsz, conf, names)
-            results += detections_to_coco(image_id, d.boxes, d.scores, d.classes, d.masks, cat_ids)
+            results += d.to_coco(image_id, cat_ids)
     return results
 
 

@@ -1,9 +1,8 @@
 """YOLO-seg datasets (Ultralytics layout): a data.yaml (`path`, `train`, `val`, `names`), image folders, and for
 each image a labels/.../NAME.txt with one object per line: `class x1 y1 x2 y2 ...`, normalised to 0..1.
 
-Read into the same validated `CocoData` as a COCO JSON, and written from it. A YOLO line holds one polygon, so a
-mask with holes or several parts is traced along its pixel edges into loops that are joined by zero-width
-bridges (each walked there and back): rasterised by pycocotools the polygon gives back the mask exactly.
+Read into the same validated `CocoData` as a COCO JSON, and written from it. A YOLO line holds one polygon: masks
+become one exact polygon each (data/mask_formats.py), holes and separate parts included.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import yaml
 from PIL import Image
 
 from tinyseg.data.coco import MAX_IMAGE_PIXELS, CocoData, ImageRecord
+from tinyseg.data.mask_formats import mask_polygon
 from tinyseg.data.rle import decode_masks, to_rle
 from tinyseg.errors import DataError, DataWarning
 from tinyseg.io import write_json, write_text
@@ -145,61 +145,6 @@ def _read_labels(rec: ImageRecord, path: Path, num_classes: int) -> list[str]:
         rec.labels.append(cls)
         rec.rles.append(rle)
     return skipped
-
-
-def mask_polygon(mask: np.ndarray) -> list[float]:
-    """[H, W] mask -> one polygon [x1, y1, x2, y2, ...] in pixel-corner coordinates whose even-odd fill is the
-    mask, holes and separate parts included; [] for an empty mask."""
-    loops = _edge_loops(mask)
-    if not loops:
-        return []
-    walk = list(loops[0])
-    for loop in loops[1:]:
-        # Join at the closest pair of vertices: out along the bridge, round the loop, back the same way.
-        d = ((np.asarray(walk)[:, None, :] - loop[None, :, :]) ** 2).sum(-1)
-        i, j = np.unravel_index(int(d.argmin()), d.shape)
-        ring = np.concatenate([loop[j:], loop[: j + 1]])
-        walk = walk[: i + 1] + [tuple(p) for p in ring] + walk[i:]
-    return [float(v) for p in walk for v in p]
-
-
-def _edge_loops(mask: np.ndarray) -> list[np.ndarray]:
-    """The pixel-edge boundary of a mask as closed loops of corner points [N, 2] (x, y), straight runs merged."""
-    m = np.pad(mask.astype(bool), 1)
-    nxt: dict[tuple[int, int], list[tuple[int, int]]] = {}
-    # Each boundary side of a foreground pixel, directed clockwise around the pixel (y down); -1 undoes the pad.
-    for dy, dx, a, b in (
-        (-1, 0, (0, 0), (1, 0)),
-        (0, 1, (1, 0), (1, 1)),
-        (1, 0, (1, 1), (0, 1)),
-        (0, -1, (0, 1), (0, 0)),
-    ):
-        ys, xs = np.nonzero(m & ~np.roll(m, (-dy, -dx), (0, 1)))
-        for y, x in zip(ys.tolist(), xs.tolist()):
-            start, end = (x - 1 + a[0], y - 1 + a[1]), (x - 1 + b[0], y - 1 + b[1])
-            nxt.setdefault(start, []).append(end)
-    loops = []
-    while nxt:
-        start = min(nxt)
-        loop, p = [start], start
-        while True:
-            q = nxt[p].pop()
-            if not nxt[p]:
-                del nxt[p]
-            if q == start:
-                break
-            loop.append(q)
-            p = q
-        loops.append(_straighten(np.asarray(loop, np.float64)))
-    return loops
-
-
-def _straighten(loop: np.ndarray) -> np.ndarray:
-    """Drop the vertices where the direction does not change."""
-    d_in = loop - np.roll(loop, 1, 0)
-    d_out = np.roll(loop, -1, 0) - loop
-    turn = (d_in[:, 0] * d_out[:, 1] - d_in[:, 1] * d_out[:, 0]) != 0
-    return loop[turn] if turn.any() else loop
 
 
 def write_yolo(data: CocoData, out_dir: str | Path, split: str) -> Path:

@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 
 from tinyseg.config import MASK_MARGIN
+from tinyseg.data.mask_formats import encode_rle, mask_polygon
 from tinyseg.data.transforms import Letterbox, letterbox_input, masks_to_boxes, opencv_matrix
 from tinyseg.errors import DataError
 
@@ -28,6 +29,43 @@ class Detections:
 
     def __len__(self) -> int:
         return len(self.scores)
+
+    def to_polygons(self) -> list[list[float]]:
+        """One polygon per detection, [x1, y1, x2, y2, ...] in original-image pixel corners: its even-odd fill is
+        the mask exactly, holes and separate parts included (zero-width bridges join them)."""
+        return [mask_polygon(m) for m in self.masks]
+
+    def to_coco(self, image_id: int, cat_ids: list[int] | None = None, fmt: str = "rle") -> list[dict]:
+        """COCO results: image_id, category_id (cat_ids[label]; default label + 1), bbox xywh, score and the mask as
+        compressed RLE (`fmt="rle"`) or one polygon (`fmt="polygons"`; an empty mask stays RLE)."""
+        cat_ids = cat_ids or list(range(1, len(self.class_names) + 1))
+        return detections_to_coco(image_id, self.boxes, self.scores, self.classes, self.masks, cat_ids, fmt)
+
+
+def detections_to_coco(
+    image_id: int,
+    boxes: np.ndarray,
+    scores: np.ndarray,
+    classes: np.ndarray,
+    masks: np.ndarray | None,
+    cat_ids: list[int],
+    fmt: str = "rle",
+) -> list[dict]:
+    """One image's detections (boxes xyxy in original pixels, masks [N, H, W] bool) -> COCO result dicts."""
+    out = []
+    for i in range(len(scores)):
+        x1, y1, x2, y2 = (float(v) for v in boxes[i])
+        r = {
+            "image_id": int(image_id),
+            "category_id": int(cat_ids[int(classes[i])]),
+            "bbox": [x1, y1, x2 - x1, y2 - y1],
+            "score": float(scores[i]),
+        }
+        if masks is not None:
+            poly = mask_polygon(masks[i]) if fmt == "polygons" else []
+            r["segmentation"] = [poly] if poly else encode_rle(masks[i])  # an empty mask has no polygon
+        out.append(r)
+    return out
 
 
 def masks_to_original(

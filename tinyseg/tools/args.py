@@ -139,7 +139,9 @@ def _predict(sub) -> None:
     s.add_argument("--show", action="store_true", help="open a window (video/camera)")
     s.add_argument("--save-video", metavar="OUT.mp4", help="write the annotated video (video/camera)")
     s.add_argument("--max-frames", type=count(1, 10**9), help="stop after this many frames (video/camera)")
-    s.add_argument("--json", help="also write COCO results here (images)")
+    s.add_argument("--json", help="also write COCO results here (images), with the dataset's category ids")
+    s.add_argument("--format", choices=["rle", "polygons"], default="rle", help="masks in --json (default rle)")
+    s.add_argument("--save-txt", action="store_true", help="also write YOLO-seg labels to OUT/labels/NAME.txt")
 
 
 def _export(sub) -> None:

@@ -13,11 +13,10 @@ from pathlib import Path
 
 from tinyseg.config import Config, apply_overrides, check_ranges, preset
 from tinyseg.deploy.loader import is_exported, load_predictor
-from tinyseg.errors import ConfigError, DataError, TinysegError, UsageError
+from tinyseg.errors import ConfigError, TinysegError, UsageError
 from tinyseg.io import check_writable
 from tinyseg.tools.args import build_parser
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v"}
 
 
@@ -35,13 +34,14 @@ def cmd_show(a: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from tinyseg.data.coco import load_coco
+    from tinyseg.tools.predict import ImageOutputs
     from tinyseg.viz import write_rgb
 
     data = load_coco(a.data, a.images, allow_outside=a.allow_outside_images)
     n = min(a.num, len(data.images))
-    outputs = overlay_paths([r.file for r in data.images[:n]], check_writable(a.out, folder=True))
+    outputs = ImageOutputs([r.file for r in data.images[:n]], check_writable(a.out, folder=True))
     for i in tqdm(range(n), desc="render", unit="img"):
-        write_rgb(outputs[i], _ground_truth_overlay(data, i, a))
+        write_rgb(outputs.overlay(i), _ground_truth_overlay(data, i, a))
     print(f"wrote {n} overlays to {a.out}/")
 
 
@@ -186,88 +186,31 @@ def cmd_convert(a: argparse.Namespace) -> None:
     print(f"wrote {out}: {len(data.images)} images, {n} objects, classes {', '.join(data.class_names)}")
 
 
-def list_images(source: str) -> list[Path]:
-    """An image file, or the image files (regular files with an image suffix) of a folder, sorted."""
-    p = Path(source)
-    if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
-        if not files:
-            raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
-        return files
-    if p.is_file():
-        return [p]
-    raise DataError(f"{p}: no such file or folder" if not p.exists() else f"{p}: not a regular file or folder")
-
-
-def overlay_paths(files: list[Path], out: Path) -> list[Path]:
-    """One overlay PNG per input: NAME.png, or NAME_SUFFIX.png where two inputs share a name (x.png, x.jpg).
-    Refuses outputs that would overwrite an input."""
-    stems = [f.stem for f in files]
-    paths = [out / (f"{f.stem}.png" if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix[1:]}.png") for f in files]
-    inputs = {f.resolve() for f in files}
-    clash = next((q for q in paths if q.resolve() in inputs), None)
-    if clash is not None:
-        raise UsageError(f"--out {out}: the overlay {clash.name} would overwrite an input image; choose another folder")
-    return paths
-
-
 def cmd_predict(a: argparse.Namespace) -> None:
     if a.source.isdigit() or Path(a.source).suffix.lower() in VIDEO_SUFFIXES:
         if a.save_video:
             check_writable(a.save_video)
         from tinyseg.tools.video import run_video
 
-        run_video(
-            load_predictor(a.weights, a.backend, a.device, a.threads),
-            a.source,
-            a.conf,
-            a.show,
-            a.save_video,
-            a.max_frames,
-        )
+        pred = load_predictor(a.weights, a.backend, a.device, a.threads)
+        run_video(pred, a.source, a.conf, a.show, a.save_video, a.max_frames)
         return
     if a.show or a.save_video:
         raise UsageError("--show and --save-video are for a video file or a camera index")
+    from tinyseg.tools.predict import ImageOutputs, list_images, predict_images
+
     files = list_images(a.source)
-    outputs = overlay_paths(files, check_writable(a.out, folder=True))
-    if a.json:
-        check_writable(a.json)
+    outputs = ImageOutputs(
+        files, check_writable(a.out, folder=True), a.json and check_writable(a.json), a.format, a.save_txt
+    )
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
-    from tqdm import tqdm
-
-    results, total, skipped = [], 0, 0
-    for image_id, (f, out) in enumerate(tqdm(list(zip(files, outputs)), desc="predict", unit="img"), 1):
-        try:
-            total += _predict_file(pred, f, out, a.conf, results if a.json else None, image_id)
-        except DataError as e:
-            print(f"skipped: {e}", file=sys.stderr)
-            skipped += 1
-    if skipped == len(files):
-        raise DataError(f"{a.source}: none of the {len(files)} images could be read")
-    if a.json:
-        from tinyseg.io import write_json
-
-        write_json(results, a.json)
+    total, skipped = predict_images(pred, files, outputs, a.conf)
     print(
         f"{total} instances in {len(files) - skipped} images; overlays in {a.out}/"
         + (f", results in {a.json}" if a.json else "")
+        + (f", YOLO-seg labels in {outputs.labels}/" if a.save_txt else "")
         + (f"; {skipped} unreadable files skipped" if skipped else "")
     )
-
-
-def _predict_file(pred, file: Path, overlay: Path, conf: float, results: list | None, image_id: int) -> int:
-    """Predict one image file, write its overlay and (results) append its COCO results; -> detections."""
-    from tinyseg.io import read_image
-    from tinyseg.viz import draw_instances, write_rgb
-
-    img = read_image(file)
-    det = pred.predict(img, conf=conf)
-    write_rgb(overlay, draw_instances(img, det.boxes, det.classes, det.masks, det.class_names, det.scores))
-    if results is not None:
-        from tinyseg.evaluation import detections_to_coco
-
-        results += detections_to_coco(image_id, det.boxes, det.scores, det.classes, det.masks, pred.cat_ids)
-    return len(det)
 
 
 def cmd_export(a: argparse.Namespace) -> None:
