@@ -8,6 +8,8 @@ AP is read here straight from `eval["precision"]` at the largest maxDets (dense 
 from __future__ import annotations
 
 import contextlib
+import copy
+import importlib.util
 import io
 from collections.abc import Callable
 
@@ -26,8 +28,8 @@ from tinyseg.deploy.results import to_detections
 GraphRunner = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def ground_truth(data: CocoData) -> COCO:
-    """A pycocotools COCO object built from the validated dataset (what was skipped at load is not scored)."""
+def ground_truth(data: CocoData) -> dict:
+    """A COCO instances dict of the validated dataset (what was skipped at load is not scored)."""
     images, anns = [], []
     for rec in data.images:
         images.append({"id": rec.id, "height": rec.height, "width": rec.width, "file_name": str(rec.file)})
@@ -45,15 +47,33 @@ def ground_truth(data: CocoData) -> COCO:
                         "iscrowd": crowd,
                     }
                 )
-    coco = COCO()
-    coco.dataset = {
-        "images": images,
-        "annotations": anns,
-        "categories": [{"id": c, "name": n} for c, n in zip(data.cat_ids, data.class_names)],
-    }
+    categories = [{"id": c, "name": n} for c, n in zip(data.cat_ids, data.class_names)]
+    return {"images": images, "annotations": anns, "categories": categories}
+
+
+def faster_available() -> bool:
+    return importlib.util.find_spec("faster_coco_eval") is not None
+
+
+def _precision(gt: dict, results: list[dict], iou_type: str, image_ids: list[int], max_dets: int, evaluator: str):
+    """COCOeval's precision table [T iou, R recall, K class, A area, M maxDets] for one IoU type."""
+    if evaluator == "faster":
+        from faster_coco_eval import COCO as FasterCOCO
+        from faster_coco_eval import COCOeval_faster as Eval
+
+        coco = FasterCOCO
+    else:
+        coco, Eval = COCO, COCOeval
     with contextlib.redirect_stdout(io.StringIO()):
-        coco.createIndex()
-    return coco
+        g = coco()
+        g.dataset = copy.deepcopy(gt)  # loadRes and the evaluators add fields to what they are given
+        g.createIndex()
+        ev = Eval(g, g.loadRes(copy.deepcopy(results)), iou_type)
+        ev.params.imgIds = image_ids
+        ev.params.maxDets = [1, 10, max_dets]
+        ev.evaluate()
+        ev.accumulate()
+    return ev.eval["precision"]
 
 
 def _ap(precision: np.ndarray) -> float:
@@ -62,43 +82,35 @@ def _ap(precision: np.ndarray) -> float:
 
 
 def coco_evaluate(
-    gt: COCO,
+    gt: dict,
     results: list[dict],
     max_dets: int = 100,
     image_ids: list[int] | None = None,
     class_names: list[str] | None = None,
+    evaluator: str = "auto",
 ) -> dict:
-    """Score results with COCOeval. Returns mask_ap, mask_ap50, mask_ap75, mask_ap_small/medium/large, the
-    same for box_*, per-class AP, num_images and max_dets."""
-    image_ids = sorted(image_ids if image_ids is not None else gt.getImgIds())
+    """Score results with COCOeval (`evaluator`: pycocotools, the reference, or faster-coco-eval, the fast path
+    that agrees with it; auto = faster where installed). Returns mask_ap, mask_ap50, mask_ap75,
+    mask_ap_small/medium/large, the same for box_*, boundary_ap / _ap50 / _ap75 (Boundary IoU, Cheng et al.
+    2021: mask quality at the edges; faster-coco-eval only), per-class AP, num_images, num_objects, max_dets."""
+    evaluator = ("faster" if faster_available() else "pycocotools") if evaluator == "auto" else evaluator
+    image_ids = sorted(image_ids if image_ids is not None else [im["id"] for im in gt["images"]])
+    ids = set(image_ids)
     out: dict = {"num_images": len(image_ids), "max_dets": max_dets, "num_detections": len(results)}
-    out["num_objects"] = len(gt.getAnnIds(imgIds=image_ids, iscrowd=False))
-    cat_ids = sorted(gt.getCatIds())
-    names = class_names or [gt.cats[c]["name"] for c in cat_ids]
+    out["num_objects"] = sum(1 for a in gt["annotations"] if a["image_id"] in ids and not a["iscrowd"])
+    out["evaluator"] = evaluator
+    names = class_names or [c["name"] for c in sorted(gt["categories"], key=lambda c: c["id"])]
     per_class: dict[str, dict] = {n: {} for n in names}
-    for iou_type, prefix in (("segm", "mask"), ("bbox", "box")):
+    kinds = [("segm", "mask"), ("bbox", "box")] + ([("boundary", "boundary")] if evaluator == "faster" else [])
+    for iou_type, prefix in kinds:
         res = [r for r in results if iou_type == "bbox" or "segmentation" in r]
-        if not res:
-            for k in ("", "50", "75", "_small", "_medium", "_large"):
-                out[f"{prefix}_ap{k}"] = 0.0
-            for n in names:
-                per_class[n][f"{prefix}_ap"] = 0.0
-            continue
-        with contextlib.redirect_stdout(io.StringIO()):
-            dt = gt.loadRes(res)
-            ev = COCOeval(gt, dt, iou_type)
-            ev.params.imgIds = image_ids
-            ev.params.maxDets = [1, 10, max_dets]
-            ev.evaluate()
-            ev.accumulate()
-        p = ev.eval["precision"]  # [T iou, R recall, K class, A area, M maxdets]
-        out[f"{prefix}_ap"] = _ap(p[:, :, :, 0, -1])
-        out[f"{prefix}_ap50"] = _ap(p[0, :, :, 0, -1])
-        out[f"{prefix}_ap75"] = _ap(p[5, :, :, 0, -1])
+        p = _precision(gt, res, iou_type, image_ids, max_dets, evaluator) if res else None
+        for key, sel in (("", np.s_[:, :, :, 0, -1]), ("50", np.s_[0, :, :, 0, -1]), ("75", np.s_[5, :, :, 0, -1])):
+            out[f"{prefix}_ap{key}"] = _ap(p[sel]) if p is not None else 0.0
         for a, name in ((1, "small"), (2, "medium"), (3, "large")):
-            out[f"{prefix}_ap_{name}"] = _ap(p[:, :, :, a, -1])
+            out[f"{prefix}_ap_{name}"] = _ap(p[:, :, :, a, -1]) if p is not None else 0.0
         for k, n in enumerate(names):
-            per_class[n][f"{prefix}_ap"] = _ap(p[:, :, k, 0, -1])
+            per_class[n][f"{prefix}_ap"] = _ap(p[:, :, k, 0, -1]) if p is not None else 0.0
     out["per_class"] = per_class
     return out
 
@@ -107,7 +119,9 @@ def format_table(metrics: dict) -> str:
     if metrics.get("num_objects") == 0:
         return f"no ground-truth objects in the {metrics['num_images']} images: AP is undefined (reported as 0)"
     rows = [("", "AP", "AP50", "AP75", "APs", "APm", "APl")]
-    for prefix, label in (("mask", "mask"), ("box", "box")):
+    for prefix, label in (("mask", "mask"), ("box", "box"), ("boundary", "boundary")):
+        if f"{prefix}_ap" not in metrics:
+            continue
         rows.append(
             (label, *(f"{metrics[f'{prefix}_ap{k}']:.3f}" for k in ("", "50", "75", "_small", "_medium", "_large")))
         )
@@ -117,7 +131,7 @@ def format_table(metrics: dict) -> str:
         lines.append(f"{'class':>16}  {'mask AP':>7}  {'box AP':>7}")
         for n, v in metrics["per_class"].items():
             lines.append(f"{n:>16}  {v.get('mask_ap', 0):7.3f}  {v.get('box_ap', 0):7.3f}")
-    lines.append(f"({metrics['num_images']} images, maxDets={metrics['max_dets']})")
+    lines.append(f"({metrics['num_images']} images, maxDets={metrics['max_dets']}, {metrics.get('evaluator', '')})")
     return "\n".join(lines)
 
 
@@ -145,9 +159,11 @@ def evaluate(
     conf: float = 0.02,
     batch: int = 8,
     show_progress: bool = True,
+    evaluator: str = "auto",
 ) -> tuple[dict, list[dict]]:
-    """COCO mask and box AP of a graph-like callable on an eval dataset. Returns (metrics, results)."""
+    """COCO mask, box and boundary AP of a graph-like callable on an eval dataset. Returns (metrics, results)."""
     results = predict_dataset(run, dataset, batch, conf, show_progress)
     data = dataset.data
-    metrics = coco_evaluate(ground_truth(data), results, max_det, [r.id for r in data.images], data.class_names)
+    image_ids = [r.id for r in data.images]
+    metrics = coco_evaluate(ground_truth(data), results, max_det, image_ids, data.class_names, evaluator)
     return metrics, results

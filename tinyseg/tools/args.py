@@ -124,6 +124,12 @@ def _eval(sub) -> None:
     s.add_argument("--conf", type=fraction, default=0.02, help="score threshold (default 0.02)")
     s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
     s.add_argument("--json", help="write the metrics here")
+    s.add_argument(
+        "--evaluator",
+        default="auto",
+        choices=["auto", "faster", "pycocotools"],
+        help="faster-coco-eval (auto: when installed; adds boundary AP) or pycocotools, the reference",
+    )
     s.add_argument("--results", help="write the COCO results JSON here")
 
 

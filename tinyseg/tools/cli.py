@@ -148,7 +148,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
         raise UsageError(f"{a.weights}: exported for {pred.imgsz}x{pred.imgsz}; --imgsz {a.imgsz} needs a new export")
     ds = CocoDataset(data, a.imgsz or pred.imgsz)
     run = pred.run if exported else (lambda x: pred.run(x, a.max_det))  # a graph keeps at most its max_det
-    metrics, results = evaluate(run, ds, max_det=a.max_det, conf=a.conf, batch=1 if exported else 8)
+    metrics, results = evaluate(run, ds, a.max_det, a.conf, 1 if exported else 8, evaluator=a.evaluator)
     metrics["weights"] = str(a.weights)
     print(format_table(metrics))
     for obj, path in ((metrics, a.json), (results, a.results)):
