@@ -21,6 +21,7 @@ RANKS = {
     "tinyseg.deploy.runtime": 3,
     "tinyseg.checkpoint": 3,
     "tinyseg.evaluation": 3,
+    "tinyseg.report": 3,
     "tinyseg.training": 4,
     "tinyseg.deploy": 4,
     "tinyseg.tools": 5,

@@ -55,7 +55,7 @@ def faster_available() -> bool:
     return importlib.util.find_spec("faster_coco_eval") is not None
 
 
-def _precision(gt: dict, results: list[dict], iou_type: str, image_ids: list[int], max_dets: int, evaluator: str):
+def precision_table(gt: dict, results: list[dict], iou_type: str, image_ids: list[int], max_dets: int, evaluator: str):
     """COCOeval's precision table [T iou, R recall, K class, A area, M maxDets] for one IoU type."""
     if evaluator == "faster":
         from faster_coco_eval import COCO as FasterCOCO
@@ -104,7 +104,7 @@ def coco_evaluate(
     kinds = [("segm", "mask"), ("bbox", "box")] + ([("boundary", "boundary")] if evaluator == "faster" else [])
     for iou_type, prefix in kinds:
         res = [r for r in results if iou_type == "bbox" or "segmentation" in r]
-        p = _precision(gt, res, iou_type, image_ids, max_dets, evaluator) if res else None
+        p = precision_table(gt, res, iou_type, image_ids, max_dets, evaluator) if res else None
         for key, sel in (("", np.s_[:, :, :, 0, -1]), ("50", np.s_[0, :, :, 0, -1]), ("75", np.s_[5, :, :, 0, -1])):
             out[f"{prefix}_ap{key}"] = _ap(p[sel]) if p is not None else 0.0
         for a, name in ((1, "small"), (2, "medium"), (3, "large")):

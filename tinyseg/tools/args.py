@@ -131,6 +131,7 @@ def _eval(sub) -> None:
         help="faster-coco-eval (auto: when installed; adds boundary AP) or pycocotools, the reference",
     )
     s.add_argument("--results", help="write the COCO results JSON here")
+    s.add_argument("--report", metavar="DIR", help="write an HTML report (DIR/index.html): curves, errors, galleries")
 
 
 def _predict(sub) -> None:

@@ -137,6 +137,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
     for path in (a.json, a.results):
         if path:
             check_writable(path)
+    if a.report:
+        check_writable(a.report, folder=True)
     pred = load_predictor(a.weights, a.backend, a.device, a.threads)
     data = _eval_data(a)
     if data.class_names != pred.class_names:
@@ -155,6 +157,10 @@ def cmd_eval(a: argparse.Namespace) -> None:
         if path:
             write_json(obj, path)
             print(f"wrote {path}")
+    if a.report:
+        from tinyseg.report import write_report
+
+        print(f"wrote {write_report(a.report, data, results, metrics)}")
 
 
 def _eval_data(a: argparse.Namespace):

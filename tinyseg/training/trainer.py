@@ -25,6 +25,7 @@ from tinyseg.data.yolo import has_yolo_split
 from tinyseg.errors import ConfigError, DataError, TrainingError
 from tinyseg.io import atomic_write, check_writable, write_text
 from tinyseg.models.detector import MASK_STRIDE, TinySeg, build_model
+from tinyseg.report import write_report
 from tinyseg.training.distributed import (
     Processes,
     barrier,
@@ -64,6 +65,7 @@ class Run:
     val_ds: CocoDataset | None
     progress: Progress
     procs: Processes
+    last_results: list[dict] | None = None  # COCO results of the last evaluation (for the run's report)
 
 
 def train(cfg: Config, resume: str | None = None, show_progress: bool = True) -> dict:
@@ -178,6 +180,12 @@ def fit(run: Run, show_progress: bool = True) -> dict:
             row = _log_epoch(run, stats, show_progress, summary)
             save_run(run, row.get("mask_ap", -1.0))
         barrier(procs)
+    if procs.main and run.last_results is not None:
+        summary["report"] = str(
+            write_report(
+                run.out / "report", run.val_ds.data, run.last_results, summary["metrics"], run.out / "curves.png"
+            )
+        )
     summary.update(epochs=p.epoch, steps=p.step, minutes=p.elapsed / 60, history=p.history)
     summary.update(best=str(run.out / "best.pt"), last=str(run.out / "last.pt"))
     return summary
@@ -191,9 +199,9 @@ def _log_epoch(run: Run, stats: dict, show_progress: bool, summary: dict) -> dic
     row.update(lr=run.opt.optimizer.param_groups[0]["lr"], **{k: round(v, 5) for k, v in stats.items()})
     if run.val_ds is not None and (finished or p.epoch % tc.val_interval == 0):
         device = local_device(tc.device, run.procs)
-        metrics, _ = evaluate(run.opt.ema.model, run.val_ds, device, run.cfg.model.max_det, show_progress)
+        metrics, results = evaluate(run.opt.ema.model, run.val_ds, device, run.cfg.model.max_det, show_progress)
         row.update(mask_ap=round(metrics["mask_ap"], 4), box_ap=round(metrics["box_ap"], 4))
-        summary["metrics"] = metrics
+        summary["metrics"], run.last_results = metrics, results
     p.history.append(row)
     _write_csv(p.history, run.out / "metrics.csv")
     plot_curves(p.history, run.out / "curves.png")
