@@ -127,6 +127,8 @@ def cmd_train(a: argparse.Namespace) -> None:
     if m:
         print(f"val mask AP {m['mask_ap']:.3f}  box AP {m['box_ap']:.3f}")
     print(f"checkpoints: {summary['best']} {summary['last']}; metrics.csv and curves.png in {summary['out']}")
+    if "report" in summary:
+        print(f"report: {summary['report']}")
 
 
 def cmd_eval(a: argparse.Namespace) -> None:

@@ -57,6 +57,7 @@ def _summary(out: Path, weights: Path, minutes: float) -> None:
 tinyseg demo finished in {minutes:.1f} min: mask AP {m["mask_ap"]:.3f}, box AP {m["box_ap"]:.3f} (synthetic val)
   model        {weights}
   curves       {out / "train" / "curves.png"}   (metrics.csv beside it)
+  report       {out / "train" / "report" / "index.html"}   (open it in a browser)
   metrics      {out / "metrics.json"}
   predictions  {out / "predictions"}/*.png
   ground truth {out / "ground_truth"}/*.png
