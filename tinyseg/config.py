@@ -74,6 +74,9 @@ class DataConfig:
     scale_min: float = 0.75
     scale_max: float = 1.33
     flip_prob: float = 0.5
+    # Class-name pairs a horizontal flip swaps, e.g. [[front_left_door, front_right_door]]; empty: found from the
+    # names (left/right, l/r as words). See data/flips.py.
+    flip_pairs: tuple[tuple[str, ...], ...] = ()
     # Strength of the brightness/contrast/hue jitter (0 disables).
     color_jitter: float = 0.3
     # Instances whose visible part after augmentation is smaller than this many pixels are dropped.
@@ -142,6 +145,7 @@ class Config:
         d = asdict(self)
         d["model"]["depths"] = list(d["model"]["depths"])
         d["train"]["betas"] = list(d["train"]["betas"])
+        d["data"]["flip_pairs"] = [list(p) for p in d["data"]["flip_pairs"]]
         return d
 
     def to_yaml(self) -> str:

@@ -4,6 +4,7 @@ collate of images. Training targets are built from these samples by training cod
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from tinyseg.config import DataConfig
 from tinyseg.data import transforms as T
 from tinyseg.data.coco import CocoData, load_coco, read_record_image
+from tinyseg.data.flips import flip_map, flip_pairs
 from tinyseg.data.rle import rles_to_crops
 from tinyseg.errors import DataError
 
@@ -36,9 +38,12 @@ class TrainingSamples:
     # At most this many instances per image get a mask target (sampled): dense images would otherwise dominate.
     max_mask_instances: int
     mask_stride: int
+    # label -> label after a horizontal flip (sided classes swap; data/flips.py); empty: no class changes side.
+    flip_map: tuple[int, ...] = ()
 
 
-def build_training_samples(cfg: DataConfig, mask_stride: int) -> TrainingSamples:
+def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:
+    pairs = flip_pairs(list(class_names), cfg.flip_pairs) if cfg.flip_prob > 0 else []
     return TrainingSamples(
         cfg.scale_min,
         cfg.scale_max,
@@ -47,6 +52,7 @@ def build_training_samples(cfg: DataConfig, mask_stride: int) -> TrainingSamples
         cfg.min_instance_pixels,
         cfg.max_mask_instances,
         mask_stride,
+        flip_map(len(class_names), pairs) if pairs else (),
     )
 
 
@@ -112,8 +118,11 @@ class CocoDataset(Dataset):
         if len(sel) > t.max_mask_instances:
             sel = np.sort(rng.choice(len(sel), t.max_mask_instances, replace=False))
         crowd = T.downsample_crops(T.warp_crops(crowd_crops, m, S), S, t.mask_stride).max(0, initial=0)
+        labels = np.asarray(rec.labels, np.int64)[keep]
+        if t.flip_map and m[0, 0] < 0:  # mirrored: sided classes change sides
+            labels = np.asarray(t.flip_map, np.int64)[labels]
         sample = {
-            "labels": torch.from_numpy(np.asarray(rec.labels, np.int64)[keep]),
+            "labels": torch.from_numpy(labels),
             "boxes": torch.from_numpy(boxes[keep]),
             "mask_index": torch.from_numpy(sel),
             "masks": torch.from_numpy(T.downsample_crops([crops[keep[k]] for k in sel], S, t.mask_stride)),
@@ -183,5 +192,5 @@ def build_dataset(cfg: DataConfig, split: str, mask_stride: int, train: bool, se
     else:
         images = getattr(cfg, f"{split}_images")
         data = load_coco(getattr(cfg, split), images or None, allow_outside=cfg.allow_outside_images)
-    training = build_training_samples(cfg, mask_stride) if train else None
+    training = build_training_samples(cfg, mask_stride, data.class_names) if train else None
     return CocoDataset(data, cfg.imgsz, training, seed, IMAGE_CACHE_BYTES if cfg.cache_images else 0)

@@ -57,7 +57,8 @@ def _ground_truth_overlay(data, i: int, a: argparse.Namespace):
     from tinyseg.viz import draw_instances
 
     if a.augment:
-        training = build_training_samples(DataConfig(imgsz=a.imgsz, max_mask_instances=10**6), mask_stride=1)
+        dc = DataConfig(imgsz=a.imgsz, max_mask_instances=10**6)
+        training = build_training_samples(dc, 1, data.class_names)
         img_t, t = CocoDataset(data, a.imgsz, training, a.seed)[i]
         img, masks, labels, boxes = img_t.permute(1, 2, 0).numpy(), t["masks"].numpy() > 127, t["labels"], t["boxes"]
     else:
