@@ -20,6 +20,14 @@ from PIL import Image, UnidentifiedImageError
 from tinyseg.errors import DataError, UsageError
 
 HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I", "F")
+# The files a folder of images is taken to hold (predict, YOLO-seg splits, calibration folders).
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+def image_files(folder: Path, recursive: bool = False) -> list[Path]:
+    """The image files of a folder (regular files with an image suffix; a FIFO named x.png is not one), sorted."""
+    found = folder.rglob("*") if recursive else folder.iterdir()
+    return sorted(f for f in found if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
 
 
 def read_image(path: str | Path) -> np.ndarray:

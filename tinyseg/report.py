@@ -71,10 +71,10 @@ def _classify(iou: np.ndarray, same: np.ndarray, found: set[int]) -> tuple[str, 
     return ("location", best_same) if best_same >= 0 and iou[best_same] >= BACKGROUND_IOU else ("both", best)
 
 
-def analyse(data: CocoData, results: list[dict], conf: float = REPORT_CONF) -> dict:
+def analyse(data: CocoData, results: list[dict], gt: dict | None = None, conf: float = REPORT_CONF) -> dict:
     """Per image: the detections >= conf classified (match_image); overall: error counts, missed objects,
     a confusion matrix [C + 1, C + 1] (rows: true class or background, columns: predicted or missed)."""
-    gt = ground_truth(data)
+    gt = gt or ground_truth(data)
     by_image: dict[int, list[dict]] = {}
     for r in results:
         if r["score"] >= conf:
@@ -106,13 +106,14 @@ def write_report(
     folder: str | Path, data: CocoData, results: list[dict], metrics: dict, curves_png: Path | None = None
 ) -> Path:
     """Write folder/index.html; -> its path."""
-    a = analyse(data, results)
+    gt = ground_truth(data)
+    a = analyse(data, results, gt)
     names = data.class_names
     parts = [_HEAD, f"<h1>tinyseg evaluation: {html.escape(str(data.path))}</h1>", _metrics_table(metrics)]
     if curves_png is not None and curves_png.is_file():
         parts.append(f"<h2>Training</h2>{_img(curves_png.read_bytes())}")
     parts.append(
-        f"<h2>Precision-recall per class (mask IoU {MATCH_IOU})</h2>{_img(_pr_curves(data, results, metrics))}"
+        f"<h2>Precision-recall per class (mask IoU {MATCH_IOU})</h2>{_img(_pr_curves(data, gt, results, metrics))}"
     )
     parts.append(
         f"<h2>Confusion matrix (detections &ge; {REPORT_CONF})</h2>{_img(_confusion_png(a['confusion'], names))}"
@@ -166,7 +167,7 @@ def _figure_png(fig) -> bytes:
     return buf.getvalue()
 
 
-def _pr_curves(data: CocoData, results: list[dict], metrics: dict) -> bytes:
+def _pr_curves(data: CocoData, gt: dict, results: list[dict], metrics: dict) -> bytes:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -175,7 +176,7 @@ def _pr_curves(data: CocoData, results: list[dict], metrics: dict) -> bytes:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     res = [r for r in results if "segmentation" in r]
     if res:
-        gt, ids = ground_truth(data), [r.id for r in data.images]
+        ids = [r.id for r in data.images]
         p = precision_table(gt, res, "segm", ids, metrics["max_dets"], metrics.get("evaluator", "pycocotools"))
         recall = np.linspace(0, 1, p.shape[1])
         for k, name in enumerate(data.class_names):

@@ -20,9 +20,8 @@ from tinyseg.data.coco import MAX_IMAGE_PIXELS, CocoData, ImageRecord
 from tinyseg.data.mask_formats import mask_polygon
 from tinyseg.data.rle import decode_masks, to_rle
 from tinyseg.errors import DataError, DataWarning
-from tinyseg.io import write_json, write_text
+from tinyseg.io import image_files, write_json, write_text
 
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 DECIMALS = 6  # normalised coordinates: 1e-6 of a 4096-px side is 0.004 px
 
 
@@ -79,7 +78,7 @@ def read_yolo(yaml_path: str | Path, split: str = "train") -> CocoData:
     folder = split_folder(yaml_path, split)
     if not folder.is_dir():
         raise DataError(f"{yaml_path}: {split} image folder {folder} not found")
-    files = sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+    files = image_files(folder, recursive=True)
     records, skipped = [], []
     for i, file in enumerate(files, 1):
         rec = _record(i, file)

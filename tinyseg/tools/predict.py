@@ -11,17 +11,15 @@ from tqdm import tqdm
 
 from tinyseg.deploy.results import Detections
 from tinyseg.errors import DataError, UsageError
-from tinyseg.io import read_image, write_json, write_text
+from tinyseg.io import IMAGE_SUFFIXES, image_files, read_image, write_json, write_text
 from tinyseg.viz import draw_instances, write_rgb
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp"}
 
 
 def list_images(source: str) -> list[Path]:
     """An image file, or the image files (regular files with an image suffix) of a folder, sorted."""
     p = Path(source)
     if p.is_dir():
-        files = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES and f.is_file())
+        files = image_files(p)
         if not files:
             raise DataError(f"{p}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
         return files

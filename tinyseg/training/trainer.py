@@ -65,6 +65,7 @@ class Run:
     val_ds: CocoDataset | None
     progress: Progress
     procs: Processes
+    device: str  # this process's device (cuda:LOCAL_RANK in a multi-GPU run)
     last_results: list[dict] | None = None  # COCO results of the last evaluation (for the run's report)
 
 
@@ -105,7 +106,7 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
         pin_memory=device.startswith("cuda"),
     )
     criterion = build_criterion(tc, model.stride)
-    return Run(cfg, out, model, trained, criterion, opt, loader, sampler, train_ds, val_ds, progress, procs)
+    return Run(cfg, out, model, trained, criterion, opt, loader, sampler, train_ds, val_ds, progress, procs, device)
 
 
 def _check_processes(cfg: Config) -> Processes:
@@ -163,14 +164,13 @@ def fit(run: Run, show_progress: bool = True) -> dict:
     budget = tc.time * 60.0
     total_steps = tc.epochs * run.sampler.global_batches
     summary: dict = {"out": str(run.out)}
-    device = local_device(tc.device, procs)
     while (p.elapsed < budget) if budget > 0 else (p.epoch < tc.epochs):
         run.sampler.set_epoch(p.epoch)
         start, elapsed0 = time.perf_counter(), p.elapsed
         progress_fn = _progress_fn(budget, total_steps, elapsed0, p.step, start)
         try:
             stats = train_one_epoch(
-                run.trained, run.criterion, run.loader, run.opt, device, p.epoch, progress_fn, procs, show_progress
+                run.trained, run.criterion, run.loader, run.opt, run.device, p.epoch, progress_fn, procs, show_progress
             )
         except TrainingError as e:
             raise TrainingError(f"{e}; stopped. The last good checkpoint is kept: {run.out / 'last.pt'}") from None
@@ -198,8 +198,7 @@ def _log_epoch(run: Run, stats: dict, show_progress: bool, summary: dict) -> dic
     row = {"epoch": p.epoch, "step": p.step, "minutes": round(p.elapsed / 60, 3)}
     row.update(lr=run.opt.optimizer.param_groups[0]["lr"], **{k: round(v, 5) for k, v in stats.items()})
     if run.val_ds is not None and (finished or p.epoch % tc.val_interval == 0):
-        device = local_device(tc.device, run.procs)
-        metrics, results = evaluate(run.opt.ema.model, run.val_ds, device, run.cfg.model.max_det, show_progress)
+        metrics, results = evaluate(run.opt.ema.model, run.val_ds, run.device, run.cfg.model.max_det, show_progress)
         row.update(mask_ap=round(metrics["mask_ap"], 4), box_ap=round(metrics["box_ap"], 4))
         summary["metrics"], run.last_results = metrics, results
     p.history.append(row)

@@ -13,9 +13,8 @@ from tinyseg.data.transforms import letterbox_input
 from tinyseg.deploy.export.onnx import onnx_meta, set_onnx_meta
 from tinyseg.deploy.export.openvino import convert_openvino, identity_conv_name, save_ir
 from tinyseg.errors import ExportError
-from tinyseg.io import atomic_write, read_image
+from tinyseg.io import atomic_write, image_files, read_image
 
-CALIBRATION_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp"}
 CALIBRATION_SEED = 0  # which images of a large set calibrate: fixed, so an export is reproducible
 
 
@@ -23,7 +22,7 @@ def calibration_images(source: str, images_dir: str | None, size: int, num: int)
     """Letterboxed uint8 [N, 3, S, S] calibration batch from a COCO JSON or an image folder."""
     src = Path(source)
     if src.is_dir():
-        files = sorted(f for f in src.iterdir() if f.suffix.lower() in CALIBRATION_SUFFIXES)
+        files = image_files(src)
     else:
         from tinyseg.data.coco import load_coco
 
