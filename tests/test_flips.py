@@ -40,3 +40,35 @@ def test_a_flipped_sample_swaps_sided_labels(tmp_path):
     cfg = DataConfig(flip_prob=1, flip_pairs=(("arrow_left", "dot"),))  # given pairs win over names
     assert build_training_samples(cfg, 1, data.class_names).flip_map == (2, 1, 0)
     assert np.array_equal(build_training_samples(DataConfig(flip_prob=0), 1, data.class_names).flip_map, ())
+
+
+def test_copy_paste_keeps_masks_and_pixels_consistent(synth):
+    """Objects pasted from other images come with their masks and labels; what they cover leaves the masks
+    underneath; boxes stay the tight boxes of the masks; no pixel belongs to two objects."""
+    from tinyseg.data.transforms import masks_to_boxes
+
+    data = load_coco(synth / "train.json")
+    plain = CocoDataset(data, 128, build_training_samples(DataConfig(), 1, data.class_names))
+    cfg = DataConfig(copy_paste=1.0)
+    pasted = CocoDataset(data, 128, build_training_samples(cfg, 1, data.class_names))
+    grew = 0
+    for i in range(8):
+        img, t = pasted[(0, i)]
+        masks = t["masks"].numpy() > 127
+        assert np.allclose(masks_to_boxes(masks), t["boxes"].numpy())
+        assert masks.sum(0).max() <= 1
+        grew += len(t["labels"]) > len(plain[(0, i)][1]["labels"])
+        a, _ = pasted[(0, i)]
+        assert np.array_equal(a.numpy(), img.numpy())  # still fixed by (seed, epoch, index)
+    assert grew >= 4
+
+
+def test_blur_and_noise_change_pixels_only_when_asked(synth):
+    data = load_coco(synth / "train.json")
+    base = DataConfig(scale_min=1, scale_max=1, flip_prob=0, color_jitter=0)
+    off = CocoDataset(data, 128, build_training_samples(base, 1))[(0, 0)][0].numpy().astype(int)
+    noisy_cfg = DataConfig(scale_min=1, scale_max=1, flip_prob=0, color_jitter=0, blur_prob=1.0, noise=8.0)
+    noisy, t = CocoDataset(data, 128, build_training_samples(noisy_cfg, 1))[(0, 0)]
+    diff = np.abs(noisy.numpy().astype(int) - off)
+    assert diff.mean() > 1 and diff.mean() < 30  # degraded, still the same picture
+    assert len(t["labels"]) == len(CocoDataset(data, 128, build_training_samples(base, 1))[(0, 0)][1]["labels"])

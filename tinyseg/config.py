@@ -79,6 +79,11 @@ class DataConfig:
     flip_pairs: tuple[tuple[str, ...], ...] = ()
     # Strength of the brightness/contrast/hue jitter (0 disables).
     color_jitter: float = 0.3
+    # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting
+    # objects from another training image (copy-paste), of a Gaussian blur, and the strength of pixel noise.
+    copy_paste: float = 0.0
+    blur_prob: float = 0.0
+    noise: float = 0.0
     # Instances whose visible part after augmentation is smaller than this many pixels are dropped.
     min_instance_pixels: int = 6
     # At most this many instances per image get a mask loss (sampled): dense images would otherwise dominate.
@@ -251,6 +256,9 @@ RANGE_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.scale_max", _within(0.05, 20), "in 0.05..20 and >= data.scale_min"),
     ("data.flip_prob", _within(0, 1), "in [0, 1]"),
     ("data.color_jitter", _within(0, 1), "in [0, 1]"),
+    ("data.copy_paste", _within(0, 1), "in [0, 1]"),
+    ("data.blur_prob", _within(0, 1), "in [0, 1]"),
+    ("data.noise", _within(0, 64), "in 0..64 grey levels"),
     ("data.min_instance_pixels", _within(0, 10**6), "in 0..1000000"),
     ("data.max_mask_instances", _within(1, 10**5), "in 1..100000"),
     ("train.epochs", _within(1, 10**6), "in 1..1000000"),

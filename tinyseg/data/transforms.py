@@ -109,6 +109,13 @@ def paste(crops: list[MaskCrop], size: int) -> np.ndarray:
     return out
 
 
+def occlude(crop: MaskCrop, cover: np.ndarray) -> MaskCrop:
+    """The crop without the pixels `cover` [S, S] bool hides (something pasted on top)."""
+    h, w = crop.mask.shape
+    hidden = cover[crop.y0 : crop.y0 + h, crop.x0 : crop.x0 + w]
+    return MaskCrop(crop.x0, crop.y0, (crop.mask & ~hidden).astype(np.uint8)) if crop.mask.size else crop
+
+
 def downsample_crops(crops: list[MaskCrop], size: int, stride: int) -> np.ndarray:
     """Crops -> [N, size/stride, size/stride] uint8 0..255 area fractions (soft targets for the mask loss),
     averaging only each crop's own (stride-aligned) window: the cost follows the objects' size, not N x the
@@ -183,3 +190,14 @@ def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float) -> 
     if rng.random() < 0.5:
         out = out[:, :, rng.permutation(3)]
     return np.ascontiguousarray(out)
+
+
+def blur_and_noise(img: np.ndarray, rng: np.random.Generator, blur_prob: float, noise: float) -> np.ndarray:
+    """Camera-like degradations: a Gaussian blur (sigma 0.5-1.5 px) with probability blur_prob, then Gaussian
+    noise of up to `noise` grey levels. No random numbers are drawn when both are off."""
+    if blur_prob > 0 and rng.random() < blur_prob:
+        img = cv2.GaussianBlur(img, (0, 0), rng.uniform(0.5, 1.5))
+    if noise > 0:
+        sigma = rng.uniform(0, noise)
+        img = np.clip(img + rng.normal(0, sigma, img.shape).astype(np.float32), 0, 255).astype(np.uint8)
+    return img
