@@ -23,7 +23,7 @@ from tinyseg.errors import ConfigError
 # regressed a little too small does not clip its mask. Part of the graph's contract: the host cuts there.
 MASK_MARGIN = 2.0
 # The mask designs models/masks.py builds.
-MASK_HEADS = ("prototypes",)
+MASK_HEADS = ("prototypes", "condinst")
 
 
 @dataclass
@@ -47,7 +47,8 @@ class ModelConfig:
     head_channels: int = 32
     # Number of prototype masks K (YOLACT uses 32; 16 is plenty for simple shapes and keeps decode cheap).
     num_prototypes: int = 16
-    # Which mask design sits on the detector; "prototypes" is the YOLACT/YOLACT-Edge design.
+    # Which mask design sits on the detector: "prototypes" (YOLACT / YOLACT-Edge) or "condinst" (CondInst's
+    # dynamic convolutions).
     mask_head: str = "prototypes"
     # Number of classes; filled from the training data.
     num_classes: int = 1

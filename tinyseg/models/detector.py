@@ -136,7 +136,9 @@ def build_model(cfg: ModelConfig) -> TinySeg:
         neck,
         HeatmapHead(cfg.neck_channels, cfg.head_channels, cfg.num_classes),
         BoxHead(cfg.neck_channels, cfg.head_channels),
-        build_mask_head(cfg.mask_head, cfg.neck_channels, fine, cfg.head_channels, cfg.num_prototypes),
+        build_mask_head(
+            cfg.mask_head, cfg.neck_channels, fine, cfg.head_channels, cfg.num_prototypes, HEAD_STRIDE, MASK_STRIDE
+        ),
         ShapeClassifier(cfg.num_classes),
         MASK_STRIDE,
         cfg.score_thresh,

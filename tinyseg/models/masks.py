@@ -103,7 +103,78 @@ class PrototypeMasks(nn.Module):
         return (rows.float() * coefficients.float()).sum(-1)  # fp32 sums under bf16 autocast, like a MatMul's
 
 
-def build_mask_head(kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int) -> nn.Module:
+class DynamicConvMasks(nn.Module):
+    """CondInst (Tian et al., ECCV 2020): each peak predicts the weights of a tiny mask FCN, three 1x1 dynamic
+    convs (8 channels, 169 parameters), run on a shared 8-channel mask feature map concatenated with the pixel
+    coordinates relative to the peak. The relative coordinates place the mask, so no box crop is needed. Every
+    dynamic conv is a batched MatMul over the instances (exportable as is)."""
+
+    CHANNELS = 8
+    SHAPES = ((8, 10), (8,), (8, 8), (8,), (1, 8), (1,))  # W1, b1, W2, b2, W3, b3
+    SIZES = tuple(int(torch.tensor(s).prod()) for s in SHAPES)
+    REL_SCALE = 64.0  # px: relative coordinates in units a typical object spans (CondInst's size of interest)
+
+    def __init__(self, cin: int, fine_channels: int, hidden: int, head_stride: int, mask_stride: int):
+        super().__init__()
+        c = self.CHANNELS
+        self.coarse = nn.Sequential(SeparableConv(cin, hidden), nn.Conv2d(hidden, c, 1))
+        self.fine = nn.Sequential(ConvBNAct(fine_channels, c, 1), ConvBNAct(c, c, 3, groups=c), nn.Conv2d(c, c, 1))
+        self.num_params = sum(self.SIZES)
+        self.controller = Head(cin, hidden, self.num_params)
+        nn.init.normal_(self.controller.out.weight, std=0.1)  # non-zero start: the dynamic convs pass gradients
+        self.head_stride, self.mask_stride = head_stride, mask_stride
+
+    def forward(self, x: torch.Tensor, fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (controller outputs [B, 169, S/4, S/4], mask features [B, 8, S/2, S/2])."""
+        up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.controller(x), up + self.fine(fine)
+
+    def _relative(self, cells: torch.Tensor, width: int, centers: torch.Tensor) -> torch.Tensor:
+        """Flat mask cells [..., M] and peak cells [..., 2] (same leading dims) -> relative coordinates [..., 2, M]
+        of the cells' centres to the peak's, in REL_SCALE units."""
+        px = (cells % width + 0.5) * self.mask_stride
+        py = (cells // width + 0.5) * self.mask_stride
+        c = (centers.to(px.dtype) + 0.5) * self.head_stride
+        return torch.stack([px - c[..., 0:1], py - c[..., 1:2]], -2) / self.REL_SCALE
+
+    def _mlp(self, params: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """params [..., 169], x [..., 10, M] -> logits [..., M]: the three dynamic 1x1 convs."""
+        w1, b1, w2, b2, w3, b3 = torch.split(params.to(x.dtype), self.SIZES, -1)
+        lead = params.shape[:-1]
+        h = F.relu(w1.reshape(*lead, 8, 10) @ x + b1.unsqueeze(-1))
+        h = F.relu(w2.reshape(*lead, 8, 8) @ h + b2.unsqueeze(-1))
+        return (w3.reshape(*lead, 1, 8) @ h + b3.unsqueeze(-1))[..., 0, :]  # not squeeze: an If node in ONNX
+
+    def assemble(self, params, features, centers=None, boxes=None) -> torch.Tensor:
+        b, c, h, w = features.shape
+        n = params.shape[1]
+        cells = torch.arange(h * w, device=features.device).expand(b, n, h * w)
+        feats = features.reshape(b, 1, c, h * w).expand(b, n, c, h * w)
+        x = torch.cat([feats, self._relative(cells, w, centers)], 2)
+        return self._mlp(params, x).reshape(b, n, h, w)
+
+    def assemble_at(self, params, features, centers, boxes, index) -> torch.Tensor:
+        b, c, h, w = features.shape
+        n, m = index.shape[1:]
+        flat = features.reshape(b, 1, c, h * w).expand(b, n, c, h * w)
+        feats = flat.gather(3, index.unsqueeze(2).expand(b, n, c, m))
+        x = torch.cat([feats, self._relative(index, w, centers)], 2)
+        return self._mlp(params, x)
+
+    def assemble_cells(self, params, features, centers, boxes, instance, cell) -> torch.Tensor:
+        b, c, h, w = features.shape
+        image = instance // params.shape[1]
+        feats = features.permute(0, 2, 3, 1).reshape(b * h * w, c)[image * (h * w) + cell]
+        rel = self._relative(cell.unsqueeze(-1), w, centers.reshape(-1, 2)[instance])  # [Q, 2, 1]
+        x = torch.cat([feats.unsqueeze(-1), rel], 1).float()  # [Q, 10, 1]: fp32 sums under bf16 autocast
+        return self._mlp(params.reshape(-1, params.shape[-1])[instance].float(), x)[:, 0]
+
+
+def build_mask_head(
+    kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int, head_stride: int, mask_stride: int
+) -> nn.Module:
     if kind == "prototypes":
         return PrototypeMasks(cin, fine_channels, hidden, num_prototypes)
+    if kind == "condinst":
+        return DynamicConvMasks(cin, fine_channels, hidden, head_stride, mask_stride)
     raise ConfigError(f"model.mask_head: unknown mask head {kind!r} (available: {', '.join(MASK_HEADS)})")
