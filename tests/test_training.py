@@ -37,8 +37,10 @@ def _tiny_cfg() -> Config:
     return cfg
 
 
-def test_training_lowers_loss_and_overfits_masks(synth):
-    """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8)."""
+@pytest.mark.parametrize("mask_head", ["prototypes", "condinst"])
+def test_training_lowers_loss_and_overfits_masks(synth, mask_head):
+    """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8), with each
+    mask design."""
     from tinyseg.data.transforms import Letterbox
     from tinyseg.deploy.results import to_detections
 
@@ -46,7 +48,7 @@ def test_training_lowers_loss_and_overfits_masks(synth):
     data = load_coco(synth / "train.json")
     data.images = [r for r in data.images if 2 <= len(r.labels) <= 6][:4]
     cfg = _tiny_cfg()
-    cfg.model.num_classes = data.num_classes
+    cfg.model.num_classes, cfg.model.mask_head = data.num_classes, mask_head
     ds = CocoDataset(data, 128, TrainingSamples(1, 1, 0, 0, 6, 10**6, mask_stride=2))  # no augmentation
     images, t = TrainingCollate(4, 2)([ds[i] for i in range(len(ds))])
     m = build_model(cfg.model)
