@@ -37,7 +37,7 @@ def _tiny_cfg() -> Config:
     return cfg
 
 
-@pytest.mark.parametrize("mask_head", ["prototypes", "condinst"])
+@pytest.mark.parametrize("mask_head", ["prototypes", "condinst", "centermask"])
 def test_training_lowers_loss_and_overfits_masks(synth, mask_head):
     """A few real iterations lower the loss; overfitting 4 images makes masks match (mask IoU > 0.8), with each
     mask design."""

@@ -23,7 +23,7 @@ from tinyseg.errors import ConfigError
 # regressed a little too small does not clip its mask. Part of the graph's contract: the host cuts there.
 MASK_MARGIN = 2.0
 # The mask designs models/masks.py builds.
-MASK_HEADS = ("prototypes", "condinst")
+MASK_HEADS = ("prototypes", "condinst", "centermask")
 
 
 @dataclass
@@ -47,8 +47,8 @@ class ModelConfig:
     head_channels: int = 32
     # Number of prototype masks K (YOLACT uses 32; 16 is plenty for simple shapes and keeps decode cheap).
     num_prototypes: int = 16
-    # Which mask design sits on the detector: "prototypes" (YOLACT / YOLACT-Edge) or "condinst" (CondInst's
-    # dynamic convolutions).
+    # Which mask design sits on the detector: "prototypes" (YOLACT / YOLACT-Edge), "condinst" (CondInst's
+    # dynamic convolutions) or "centermask" (CenterMask's local shape x global saliency).
     mask_head: str = "prototypes"
     # Number of classes; filled from the training data.
     num_classes: int = 1

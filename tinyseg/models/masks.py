@@ -9,8 +9,8 @@ and `assemble(params [B, N, P], features, centers [B, N, 2], boxes [B, N, 4]) ->
 
 Why stride 2 for the masks: ground truth resampled to stride 4 and back already loses much of the mask AP of
 small objects (docs/design.md); they need the finer grid.
-The detector only uses this interface, so CondInst's dynamic convolutions and CenterMask's local shape +
-global saliency can be added beside the prototype design (`centers` and `boxes` are there for them).
+The detector only uses this interface; the three designs of the family sit behind it: YOLACT's prototypes,
+CondInst's dynamic convolutions (which read `centers`) and CenterMask's local shape + global saliency (`boxes`).
 """
 
 from __future__ import annotations
@@ -170,6 +170,77 @@ class DynamicConvMasks(nn.Module):
         return self._mlp(params.reshape(-1, params.shape[-1])[instance].float(), x)[:, 0]
 
 
+class ShapeSaliencyMasks(nn.Module):
+    """CenterMask (Wang et al., CVPR 2020): each peak predicts a coarse S x S Local Shape, pasted (bilinear) into
+    its box; a class-agnostic Global Saliency map at stride 2 gives the detail; mask = sigmoid(shape) *
+    sigmoid(saliency), zero outside the box. The S x S shape is a linear map of a per-peak code, which equals the
+    paper's S^2-channel 1x1 conv read at the peak at a fraction of the cost of computing it at every cell."""
+
+    SIZE = 32  # S: the paper's local shape size
+    OUTSIDE = -30.0  # shape logit outside the box: the mask is 0 there
+
+    def __init__(self, cin: int, fine_channels: int, hidden: int, mask_stride: int):
+        super().__init__()
+        self.coarse = nn.Sequential(SeparableConv(cin, hidden), nn.Conv2d(hidden, 1, 1))
+        self.fine = nn.Sequential(ConvBNAct(fine_channels, 8, 1), ConvBNAct(8, 8, 3, groups=8), nn.Conv2d(8, 1, 1))
+        self.code = SeparableConv(cin, hidden)
+        self.shape = nn.Linear(hidden, self.SIZE * self.SIZE)
+        self.num_params = hidden
+        self.mask_stride = mask_stride
+
+    def forward(self, x: torch.Tensor, fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (shape codes [B, hidden, S/4, S/4], saliency logits [B, 1, S/2, S/2])."""
+        up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
+        return self.code(x), up + self.fine(fine)
+
+    def _paste(self, codes: torch.Tensor, boxes: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
+        """codes [..., hidden], boxes [..., 4] xyxy pixels, flat mask cells [..., M] -> shape logits [..., M]: the
+        S x S shape resized to the box (bilinear, half-pixel centres) at the cells, OUTSIDE off the box."""
+        s = self.SIZE
+        shape = self.shape(codes.float())  # [..., S*S]
+        px = (cells % width + 0.5) * self.mask_stride
+        py = (cells // width + 0.5) * self.mask_stride
+        x1, y1, x2, y2 = (boxes[..., i : i + 1].float() for i in range(4))
+        inside = (px >= x1) & (px <= x2) & (py >= y1) & (py <= y2)
+        u = ((px - x1) / (x2 - x1).clamp(min=1.0) * s - 0.5).clamp(0, s - 1)
+        v = ((py - y1) / (y2 - y1).clamp(min=1.0) * s - 0.5).clamp(0, s - 1)
+        u0, v0 = u.floor(), v.floor()
+        fu, fv = u - u0, v - v0
+        u0, v0 = u0.long(), v0.long()
+        u1, v1 = (u0 + 1).clamp(max=s - 1), (v0 + 1).clamp(max=s - 1)
+        top = shape.gather(-1, v0 * s + u0) * (1 - fu) + shape.gather(-1, v0 * s + u1) * fu
+        bottom = shape.gather(-1, v1 * s + u0) * (1 - fu) + shape.gather(-1, v1 * s + u1) * fu
+        return torch.where(inside, top * (1 - fv) + bottom * fv, torch.full_like(u, self.OUTSIDE))
+
+    @staticmethod
+    def _product(shape: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
+        """The logit of sigmoid(a) * sigmoid(b) = a + b - log(1 + e^a + e^b), computed with m = max(a, b, 0)
+        factored out: stable for any a, b, and only elementwise ops (every runtime has them)."""
+        a, b = shape, saliency.float()
+        m = torch.clamp(torch.maximum(a, b), min=0.0)
+        return a + b - m - torch.log(torch.exp(-m) + torch.exp(a - m) + torch.exp(b - m))
+
+    def assemble(self, params, features, centers=None, boxes=None) -> torch.Tensor:
+        b, _, h, w = features.shape
+        n = params.shape[1]
+        cells = torch.arange(h * w, device=features.device).expand(b, n, h * w)
+        shape = self._paste(params, boxes, cells, w)
+        return self._product(shape, features.reshape(b, 1, h * w)).reshape(b, n, h, w)
+
+    def assemble_at(self, params, features, centers, boxes, index) -> torch.Tensor:
+        b, _, h, w = features.shape
+        saliency = features.reshape(b, 1, h * w).expand(b, index.shape[1], h * w).gather(2, index)
+        return self._product(self._paste(params, boxes, index, w), saliency)
+
+    def assemble_cells(self, params, features, centers, boxes, instance, cell) -> torch.Tensor:
+        b, _, h, w = features.shape
+        image = instance // params.shape[1]
+        saliency = features.reshape(b * h * w)[image * (h * w) + cell]
+        codes = params.reshape(-1, params.shape[-1])[instance]
+        shape = self._paste(codes, boxes.reshape(-1, 4)[instance], cell.unsqueeze(-1), w)[:, 0]
+        return self._product(shape, saliency)
+
+
 def build_mask_head(
     kind: str, cin: int, fine_channels: int, hidden: int, num_prototypes: int, head_stride: int, mask_stride: int
 ) -> nn.Module:
@@ -177,4 +248,6 @@ def build_mask_head(
         return PrototypeMasks(cin, fine_channels, hidden, num_prototypes)
     if kind == "condinst":
         return DynamicConvMasks(cin, fine_channels, hidden, head_stride, mask_stride)
+    if kind == "centermask":
+        return ShapeSaliencyMasks(cin, fine_channels, hidden, mask_stride)
     raise ConfigError(f"model.mask_head: unknown mask head {kind!r} (available: {', '.join(MASK_HEADS)})")

@@ -65,15 +65,14 @@ def node_scope(model: nn.Module, path: str = "", in_forward: bool = True) -> str
 def float_node_names(model: TinySeg) -> dict:
     """Node-name prefixes INT8 quantization needs (docs/design.md says why each stays float):
     network: what is quantized at all (the rest is the decode tail); keep_float: inside it, the centre
-    heatmap's output conv and the prototypes' last convs, upsampling and sum; stem: the input normalisation
-    and the stem conv; prototype_sum: the Add that forms the prototypes."""
-    heads = [node_scope(model, "heatmap.out")]
-    sum_node = ""
-    if isinstance(model.mask, PrototypeMasks):
-        mask = node_scope(model, "mask")
-        coarse, fine = f"mask.coarse.{len(model.mask.coarse) - 1}", f"mask.fine.{len(model.mask.fine) - 1}"
-        heads += [node_scope(model, coarse), node_scope(model, fine), mask + "Resize", mask + "Add"]
-        sum_node = mask + "Add"
+    heatmap's output conv and the last convs, upsampling and sum of the mask design's shared map; stem: the
+    input normalisation and the stem conv; prototype_sum: the Add that forms the prototypes."""
+    # Every mask design forms its shared map (prototypes, mask features, saliency) as coarse + fine.
+    mask = node_scope(model, "mask")
+    coarse, fine = f"mask.coarse.{len(model.mask.coarse) - 1}", f"mask.fine.{len(model.mask.fine) - 1}"
+    heads = [node_scope(model, "heatmap.out"), node_scope(model, coarse), node_scope(model, fine)]
+    heads += [mask + "Resize", mask + "Add"]
+    sum_node = mask + "Add" if isinstance(model.mask, PrototypeMasks) else ""
     root = node_scope(model)
     return {
         "network": [root, node_scope(model, "classifier.mlp", in_forward=False)],

@@ -1,0 +1,133 @@
+"""The mask designs beside the prototypes: CondInst's dynamic convolutions (hand-set weights give a known mask) and
+CenterMask's shape x saliency (a known shape lands in a known box); for each, the three assembly paths agree and the
+exported graph matches PyTorch (overfitting a batch: test_training, for every design)."""
+
+import numpy as np
+import pytest
+import torch
+
+from tinyseg.config import Config, ModelConfig
+from tinyseg.models.masks import DynamicConvMasks, ShapeSaliencyMasks
+
+
+def _weights(w1, b1, w2, b2, w3, b3) -> torch.Tensor:
+    return torch.cat([torch.as_tensor(v, dtype=torch.float32).reshape(-1) for v in (w1, b1, w2, b2, w3, b3)])
+
+
+def test_hand_set_dynamic_weights_give_a_known_mask():
+    """Layer 1 passes on relu(-rel_x) (the distance to the left of the peak), layer 2 passes it through, layer 3
+    thresholds it: the mask is 'left of the peak by more than 16 px'."""
+    head = DynamicConvMasks(8, 4, 8, head_stride=4, mask_stride=2)
+    w1 = torch.zeros(8, 10)
+    w1[0, 8] = -1.0  # input 8 is rel_x, input 9 rel_y (after the 8 feature channels)
+    w2 = torch.zeros(8, 8)
+    w2[0, 0] = 1.0
+    w3 = torch.zeros(1, 8)
+    w3[0, 0] = 100.0
+    params = _weights(w1, torch.zeros(8), w2, torch.zeros(8), w3, [-100.0 * 16 / head.REL_SCALE]).reshape(1, 1, -1)
+    features = torch.randn(1, 8, 32, 32)  # ignored by these weights
+    centers = torch.tensor([[[7.0, 3.0]]])  # heatmap cell (x=7, y=3): peak at pixel (30, 14)
+    mask = head.assemble(params, features, centers).sigmoid()[0, 0] > 0.5
+    xs = (torch.arange(32) + 0.5) * 2  # mask cell centres in pixels
+    want = (30 - xs > 16).expand(32, 32)
+    assert torch.equal(mask, want) and mask.any() and not mask.all()
+    assert head.num_params == 169  # the paper's 169 parameters per instance
+
+
+def test_hand_set_shape_lands_in_its_box():
+    """A shape that is 'left half of the box' (the linear map's bias, whatever the code) and a confident saliency
+    everywhere: the mask is the left half of the box and nothing outside it."""
+    head = ShapeSaliencyMasks(8, 4, 8, mask_stride=2)
+    s = head.SIZE
+    torch.nn.init.zeros_(head.shape.weight)
+    with torch.no_grad():
+        head.shape.bias.copy_(torch.where(torch.arange(s) < s // 2, 20.0, -20.0).repeat(s))
+    features = torch.full((1, 1, 32, 32), 20.0)  # saliency logits: sure everywhere
+    boxes = torch.tensor([[[8.0, 16.0, 40.0, 48.0]]])  # 32 x 32 px: mask cells 4..19 in x and 8..23 in y
+    mask = head.assemble(torch.randn(1, 1, 8), features, None, boxes).sigmoid()[0, 0] > 0.5
+    want = torch.zeros(32, 32, dtype=torch.bool)
+    want[8:24, 4:12] = True  # cell centres at 9..23 px in x: the left half of 8..40
+    assert torch.equal(mask, want)
+    features[..., :, 8] = -20.0  # saliency off in one column: the product follows it
+    mask = head.assemble(torch.randn(1, 1, 8), features, None, boxes).sigmoid()[0, 0] > 0.5
+    assert not mask[:, 8].any() and mask[8:24, 4:8].all()
+
+
+def _condinst_inputs():
+    return DynamicConvMasks(8, 4, 8, head_stride=4, mask_stride=2), torch.randn(2, 3, 169) * 0.3, 8
+
+
+def _centermask_inputs():
+    return ShapeSaliencyMasks(8, 4, 8, mask_stride=2), torch.randn(2, 3, 8), 1
+
+
+@pytest.mark.parametrize("make", [_condinst_inputs, _centermask_inputs])
+def test_assembly_paths_agree(make):
+    torch.manual_seed(0)
+    head, params, channels = make()
+    features = torch.randn(2, channels, 20, 20)
+    centers = torch.tensor([[[2.0, 3.0], [5.0, 5.0], [9.0, 1.0]], [[0.0, 0.0], [4.0, 7.0], [8.0, 8.0]]])
+    boxes = torch.tensor(
+        [[[2, 3, 30, 25.0], [0, 0, 40, 40], [10, 10, 11, 11]], [[5, 5, 20, 35], [1, 2, 3, 4], [0] * 4]]
+    )
+    full = head.assemble(params, features, centers, boxes)
+    index = torch.randint(0, 400, (2, 3, 17))
+    at = head.assemble_at(params, features, centers, boxes, index)
+    torch.testing.assert_close(at, full.reshape(2, 3, -1).gather(2, index), rtol=1e-5, atol=1e-5)
+    instance, cell = torch.tensor([0, 2, 4, 5, 5]), torch.tensor([0, 399, 17, 200, 3])
+    cells = head.assemble_cells(params, features, centers, boxes, instance, cell)
+    torch.testing.assert_close(cells, full.reshape(6, -1)[instance, cell], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["condinst", "centermask"])
+def test_design_exports_and_matches_pytorch(tmp_path, kind):
+    import onnx
+
+    from tinyseg.deploy.export.onnx import export_onnx, onnx_meta
+    from tinyseg.deploy.export.openvino import export_openvino
+    from tinyseg.deploy.export.parity import check_parity, verify_batch
+    from tinyseg.deploy.export.quantize import quantize_onnx
+    from tinyseg.deploy.predict import Segmenter
+    from tinyseg.deploy.runtime import EdgeSegmenter
+    from tinyseg.models.detector import build_model
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model = ModelConfig(num_classes=6, mask_head=kind)
+    cfg.data.imgsz = 128
+    model = build_model(cfg.model).eval()
+    torch.nn.init.normal_(model.heatmap.out.weight, std=0.5)  # spread, high scores: parity compares detections
+    torch.nn.init.constant_(model.heatmap.out.bias, 2.0)
+    seg = Segmenter(model, cfg, ["a", "b", "c", "d", "e", "f"])
+    path = export_onnx(seg, tmp_path / "c.onnx", max_det=20)
+    graph = onnx.load(str(path)).graph
+    ops, names = {n.op_type for n in graph.node}, [n.name for n in graph.node]
+    assert {"MaxPool", "TopK"} <= ops and "If" not in ops  # an If breaks INT8 quantization's rewrite
+    nodes = onnx_meta(path)["nodes"]
+    for prefix in nodes["network"] + nodes["keep_float"]:  # what INT8 keeps in float names real nodes
+        assert any(n.startswith(prefix) for n in names), prefix
+    images = verify_batch(128, 4)
+    parity = check_parity(seg, path, images)
+    assert parity.ok and parity.detections > 0, parity
+
+    onnx_out = EdgeSegmenter(path).run(images)
+    ov_out = EdgeSegmenter(export_openvino(path, tmp_path / "c.xml")).run(images)
+    np.testing.assert_allclose(ov_out["scores"], onnx_out["scores"], atol=1e-4)
+    assert np.mean((ov_out["masks"] > 0.5) == (onnx_out["masks"] > 0.5)) > 0.999
+    out = EdgeSegmenter(quantize_onnx(path, tmp_path / "q.onnx", images)).run(images[:1])  # INT8 loads and runs
+    assert out["masks"].shape[2:] == (64, 64) and np.isfinite(out["scores"]).all()
+
+
+@pytest.mark.parametrize("kind", ["prototypes", "condinst", "centermask"])
+def test_mask_head_is_a_config_choice(kind):
+    from tinyseg.models.detector import build_model
+
+    m = build_model(ModelConfig(num_classes=2, mask_head=kind))
+    assert (
+        type(m.mask).__name__
+        == {
+            "prototypes": "PrototypeMasks",
+            "condinst": "DynamicConvMasks",
+            "centermask": "ShapeSaliencyMasks",
+        }[kind]
+    )
