@@ -193,11 +193,13 @@ class ShapeSaliencyMasks(nn.Module):
         up = F.interpolate(self.coarse(x), scale_factor=2.0, mode="bilinear", align_corners=False)
         return self.code(x), up + self.fine(fine)
 
-    def _paste(self, codes: torch.Tensor, boxes: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
-        """codes [..., hidden], boxes [..., 4] xyxy pixels, flat mask cells [..., M] -> shape logits [..., M]: the
-        S x S shape resized to the box (bilinear, half-pixel centres) at the cells, OUTSIDE off the box."""
+    def _corners(
+        self, boxes: torch.Tensor, cells: torch.Tensor, width: int
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """boxes [..., 4] xyxy pixels, flat mask cells [..., M] -> where the S x S shape, resized to the box
+        (bilinear, half-pixel centres), is read at each cell: index [..., M, 4] of the four neighbours in S*S,
+        their weights [..., M, 4], and inside [..., M] (the cell's centre is in the box)."""
         s = self.SIZE
-        shape = self.shape(codes.float())  # [..., S*S]
         px = (cells % width + 0.5) * self.mask_stride
         py = (cells // width + 0.5) * self.mask_stride
         x1, y1, x2, y2 = (boxes[..., i : i + 1].float() for i in range(4))
@@ -208,9 +210,16 @@ class ShapeSaliencyMasks(nn.Module):
         fu, fv = u - u0, v - v0
         u0, v0 = u0.long(), v0.long()
         u1, v1 = (u0 + 1).clamp(max=s - 1), (v0 + 1).clamp(max=s - 1)
-        top = shape.gather(-1, v0 * s + u0) * (1 - fu) + shape.gather(-1, v0 * s + u1) * fu
-        bottom = shape.gather(-1, v1 * s + u0) * (1 - fu) + shape.gather(-1, v1 * s + u1) * fu
-        return torch.where(inside, top * (1 - fv) + bottom * fv, torch.full_like(u, self.OUTSIDE))
+        index = torch.stack([v0 * s + u0, v0 * s + u1, v1 * s + u0, v1 * s + u1], -1)
+        weights = torch.stack([(1 - fu) * (1 - fv), fu * (1 - fv), (1 - fu) * fv, fu * fv], -1)
+        return index, weights, inside
+
+    def _paste(self, codes: torch.Tensor, boxes: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
+        """codes [B, N, hidden], boxes [B, N, 4], cells [B, N, M] -> shape logits [B, N, M], OUTSIDE off the box."""
+        shape = self.shape(codes.float())  # [B, N, S*S]
+        index, weights, inside = self._corners(boxes, cells, width)
+        picked = shape.gather(-1, index.flatten(-2)).reshape(index.shape)
+        return torch.where(inside, (picked * weights).sum(-1), self.OUTSIDE)
 
     @staticmethod
     def _product(shape: torch.Tensor, saliency: torch.Tensor) -> torch.Tensor:
@@ -236,8 +245,10 @@ class ShapeSaliencyMasks(nn.Module):
         b, _, h, w = features.shape
         image = instance // params.shape[1]
         saliency = features.reshape(b * h * w)[image * (h * w) + cell]
-        codes = params.reshape(-1, params.shape[-1])[instance]
-        shape = self._paste(codes, boxes.reshape(-1, 4)[instance], cell.unsqueeze(-1), w)[:, 0]
+        shapes = self.shape(params.reshape(-1, params.shape[-1]).float())  # [B * N, S*S]: once per instance
+        index, weights, inside = self._corners(boxes.reshape(-1, 4)[instance], cell.unsqueeze(-1), w)
+        picked = shapes.reshape(-1)[instance.unsqueeze(-1) * shapes.shape[-1] + index[:, 0]]  # [Q, 4]
+        shape = torch.where(inside[:, 0], (picked * weights[:, 0]).sum(-1), self.OUTSIDE)
         return self._product(shape, saliency)
 
 

@@ -1,0 +1,188 @@
+"""The three mask designs on one detector, side by side: YOLACT prototypes, CondInst dynamic convolutions and
+CenterMask local shape x global saliency, all `nano` at 320.
+
+    .venv/bin/python benchmarks/mask_designs.py [--minutes 12] [--dsb-minutes 30] [--seeds 0,1] [--stage all]
+
+Stages (each skips what an earlier call finished, so an interrupted run picks up where it stopped):
+  rates   training images/s of each design on a 96-image synthetic subset (3 epochs, the last one counts);
+  train   each design x seed on the synthetic demo set (1000 + 100 images) and on DSB2018 (maxDets 500), for
+          the number of epochs its measured rate fills in the budget: a budget in steps, so a run's result does
+          not depend on what else the machine did meanwhile (only its wall time does);
+  bench   ONNX Runtime and OpenVINO FP32 / INT8 latency at 1 and 2 threads, INT8 AP drop and file sizes of
+          each design's seed-0 synthetic model (`tinyseg bench`): needs the machine to itself;
+  table   benchmarks/results/mask_designs.{json,md}.
+Runs go to runs/mask_designs; the DSB2018 data is read from ../shared/data/dsb2018.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+DESIGNS = ("prototypes", "condinst", "centermask")
+SYNTH_TRAIN, SYNTH_VAL = 1000, 100
+
+
+def tinyseg(*args: str) -> None:
+    res = subprocess.run([sys.executable, "-m", "tinyseg", *args], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"tinyseg {' '.join(args[:1])} failed:\n{res.stderr[-3000:]}")
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def measure_rates(work: Path, synth: Path) -> dict:
+    """Training images/s per design (the last of 3 epochs over 96 images, batch 8, one process)."""
+    path = work / "rates.json"
+    rates = read_json(path) or {}
+    subset = work / "rate_data"
+    if not (subset / "train.json").is_file():
+        tinyseg("synth", str(subset), "--train", "96", "--val", "1")
+    for design in DESIGNS:
+        if design in rates:
+            continue
+        out = work / f"rate_{design}"
+        tinyseg("train", "--train", str(subset / "train.json"), "--epochs", "3", "--batch", "8", "--out", str(out),
+                "--set", f"model.mask_head={design}")  # fmt: skip
+        rows = list(csv.DictReader(open(out / "metrics.csv")))
+        rates[design] = float(rows[-1]["images_per_s"])
+        path.write_text(json.dumps(rates, indent=1))
+        print(f"rate {design}: {rates[design]:.1f} images/s", flush=True)
+    return rates
+
+
+def train_run(work: Path, dataset: str, files: dict, design: str, seed: int, epochs: int, max_det: int) -> dict:
+    out = work / f"{dataset}_{design}_s{seed}"
+    done = read_json(out / "result.json")
+    if done:
+        return done
+    args = ["train", "--train", files["train"], "--val", files["val"], "--epochs", str(epochs), "--out", str(out)]
+    args += ["--seed", str(seed), "--set", f"model.mask_head={design}", f"model.max_det={max_det}"]
+    tinyseg(*args, "train.val_interval=1000")
+    tinyseg("eval", "--weights", str(out / "best.pt"), "--val", files["val"], "--max-det", str(max_det),
+            "--json", str(out / "metrics.json"))  # fmt: skip
+    rows = list(csv.DictReader(open(out / "metrics.csv")))
+    result = {
+        "dataset": dataset,
+        "design": design,
+        "seed": seed,
+        "epochs": epochs,
+        "train_minutes_wall": round(float(rows[-1]["minutes"]), 2),
+        "metrics": read_json(out / "metrics.json"),
+    }
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    m = result["metrics"]
+    print(f"{dataset} {design} seed {seed}: mask AP {m['mask_ap']:.3f} box AP {m['box_ap']:.3f}", flush=True)
+    return result
+
+
+def bench_design(work: Path, synth: Path, design: str) -> dict:
+    path = work / f"bench_{design}.json"
+    if not path.is_file():
+        weights = work / f"synth_{design}_s0" / "best.pt"
+        tinyseg("bench", "--weights", str(weights), "--val", str(synth / "val.json"), "--calib",
+                str(synth / "train.json"), "--backends", "onnxruntime,openvino", "--threads", "1,2",
+                "--out", str(work / f"export_{design}"), "--json", str(path))  # fmt: skip
+    return read_json(path)
+
+
+def model_cost(design: str) -> tuple[int, float]:
+    from tinyseg.config import preset
+    from tinyseg.models.detector import build_model, detect_flops
+
+    cfg = preset("nano")
+    cfg.mask_head, cfg.num_classes = design, 6
+    m = build_model(cfg).eval()
+    return sum(p.numel() for p in m.parameters()), detect_flops(m, 320, 100) / 1e9
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", type=float, default=12.0, help="synthetic budget per run (CPU minutes)")
+    p.add_argument("--dsb-minutes", type=float, default=30.0, help="DSB2018 budget per run (0: skip)")
+    p.add_argument("--dsb-seeds", default="0", help="seeds of the DSB2018 runs")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "dsb2018"))
+    p.add_argument("--stage", default="all", choices=["all", "rates", "train", "bench", "table"])
+    p.add_argument("--work", default="runs/mask_designs")
+    a = p.parse_args()
+    work, synth = Path(a.work), Path(a.work) / "synth"
+    work.mkdir(parents=True, exist_ok=True)
+    if not (synth / "val.json").is_file():
+        tinyseg("synth", str(synth), "--train", str(SYNTH_TRAIN), "--val", str(SYNTH_VAL))
+    rates = measure_rates(work, synth) if a.stage in ("all", "rates", "train") else read_json(work / "rates.json")
+    if a.stage in ("all", "train"):
+        run_trainings(a, work, synth, rates)
+    if a.stage in ("all", "bench"):
+        for design in DESIGNS:
+            bench_design(work, synth, design)
+    if a.stage in ("all", "table"):
+        write_table(a, work, rates)
+    return 0
+
+
+def run_trainings(a, work: Path, synth: Path, rates: dict) -> None:
+    synth_files = {"train": str(synth / "train.json"), "val": str(synth / "val.json")}
+    dsb_files = {"train": str(Path(a.data) / "train.json"), "val": str(Path(a.data) / "val.json")}
+    dsb_images = len(json.loads(Path(dsb_files["train"]).read_text())["images"]) if a.dsb_minutes else 0
+    for seed in (int(s) for s in a.seeds.split(",")):
+        for design in DESIGNS:
+            epochs = max(1, round(a.minutes * 60 * rates[design] / SYNTH_TRAIN))
+            train_run(work, "synth", synth_files, design, seed, epochs, 100)
+    for seed in (int(s) for s in a.dsb_seeds.split(",")) if a.dsb_minutes else ():
+        for design in DESIGNS:
+            epochs = max(1, round(a.dsb_minutes * 60 * rates[design] / dsb_images))
+            train_run(work, "dsb2018", dsb_files, design, seed, epochs, 500)
+
+
+def write_table(a, work: Path, rates: dict) -> None:
+    from tinyseg.io import write_json, write_text
+
+    runs = [read_json(f) for f in sorted(work.glob("*_s*/result.json"))]
+    benches = {d: read_json(work / f"bench_{d}.json") for d in DESIGNS}
+    costs = {d: model_cost(d) for d in DESIGNS}
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
+    write_json({"rates": rates, "runs": runs, "bench": benches, "machine": machine,
+                "cost": {d: {"params": c[0], "gflops": c[1]} for d, c in costs.items()}},
+               HERE / "results" / "mask_designs.json")  # fmt: skip
+    md = [f"# Mask designs, `nano` at 320 ({machine})", "", *_accuracy_table(runs, rates, costs, a)]
+    md += ["", *_latency_table(benches)]
+    write_text("\n".join(md) + "\n", HERE / "results" / "mask_designs.md")
+    print("\n".join(md))
+
+
+def _accuracy_table(runs: list[dict], rates: dict, costs: dict, a) -> list[str]:
+    keys = ("mask_ap", "mask_ap50", "mask_ap75", "mask_aps", "mask_apm", "mask_apl", "boundary_ap", "box_ap")
+    head = "| set | design | seed | epochs | " + " | ".join(keys) + " | train img/s | params | GFLOPs |"
+    rows = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in sorted(runs, key=lambda r: (r["dataset"], DESIGNS.index(r["design"]), r["seed"])):
+        m, (params, gflops) = r["metrics"], costs[r["design"]]
+        vals = " | ".join(f"{m[k]:.3f}" if isinstance(m.get(k), float) else "-" for k in keys)
+        rows.append(f"| {r['dataset']} | {r['design']} | {r['seed']} | {r['epochs']} | {vals} | "
+                    f"{rates[r['design']]:.1f} | {params / 1e6:.2f} M | {gflops:.2f} |")  # fmt: skip
+    budget = f"Budgets: synthetic {a.minutes:g} CPU min, DSB2018 {a.dsb_minutes:g} CPU min (maxDets 500), as epochs"
+    return [budget + " from each design's measured training rate.", "", *rows]
+
+
+def _latency_table(benches: dict) -> list[str]:
+    rows = ["| design | backend | precision | threads | ms / image | mask AP | file MB |", "|---|---|---|---|---|---|---|"]
+    for design, bench in benches.items():
+        for r in (bench or {}).get("rows", []):
+            ap = r.get("mask_ap")
+            rows.append(f"| {design} | {r['backend']} | {r['precision']} | {r['threads']} | {r['ms']:.2f} | "
+                        f"{ap:.3f} | {r.get('file_mb', 0):.2f} |" if ap is not None else
+                        f"| {design} | {r['backend']} | {r['precision']} | {r['threads']} | {r['ms']:.2f} | - | - |")  # fmt: skip
+    return rows
+
+
+if __name__ == "__main__":
+    sys.exit(main())
