@@ -1,4 +1,4 @@
-"""One entry point for every model file: a checkpoint (.pt) runs with PyTorch, an exported model (.onnx, .xml)
+"""One entry point for every model file: a checkpoint (.pt) runs with PyTorch, an exported model (.onnx, .xml, .tflite)
 with the torch-free runtime. Importing this module imports neither."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from pathlib import Path
 
 from tinyseg.errors import UsageError
 
-EXPORTED_SUFFIXES = (".onnx", ".xml")
+EXPORTED_SUFFIXES = (".onnx", ".xml", ".tflite")
 
 
 def is_exported(weights: str | Path) -> bool:
@@ -19,7 +19,7 @@ def load_predictor(weights: str | Path, backend: str = "auto", device: str | Non
     Both have .predict(image, conf), .run(letterboxed batch), .class_names, .cat_ids and .imgsz."""
     if is_exported(weights):
         if backend == "torch":
-            raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime or openvino, not torch")
+            raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime, openvino or litert")
         from tinyseg.deploy.runtime import EdgeSegmenter
 
         return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads)

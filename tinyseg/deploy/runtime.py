@@ -1,10 +1,10 @@
-"""Deployment predictor: numpy + OpenCV + onnxruntime *or* openvino. Never imports torch.
+"""Deployment predictor: numpy + OpenCV + onnxruntime, openvino *or* LiteRT. Never imports torch.
 
     from tinyseg.runtime import EdgeSegmenter
-    seg = EdgeSegmenter("model.onnx")            # or model.xml (OpenVINO IR)
+    seg = EdgeSegmenter("model.onnx")            # or model.xml (OpenVINO IR), model.tflite (LiteRT)
     det = seg.predict(rgb_image)                # same Detections as the PyTorch Segmenter
 
-Install without torch: `pip install tinyseg[edge]`.
+Install without torch: `pip install tinyseg[edge]` (and `tinyseg[litert]` for .tflite).
 """
 
 from __future__ import annotations
@@ -17,9 +17,12 @@ import numpy as np
 from tinyseg.deploy.results import Detections, predict_image
 from tinyseg.errors import EdgeRuntimeError
 
-BACKENDS = ("onnxruntime", "openvino")
-MODEL_SUFFIXES = (".onnx", ".xml")
+BACKENDS = ("onnxruntime", "openvino", "litert")
+MODEL_SUFFIXES = (".onnx", ".xml", ".tflite")
 OUTPUT_NAMES = ("boxes", "scores", "classes", "masks")
+# What the network half of a split .tflite pair gives its decode tail (TinySeg.forward's dense maps).
+DENSE_NAMES = ("heatmap", "classes", "box", "mask_params", "mask_features")
+TAIL_SUFFIX = ".tail.tflite"
 
 
 def parse_metadata(text: str | None, path: Path) -> dict:
@@ -47,22 +50,127 @@ def parse_metadata(text: str | None, path: Path) -> dict:
 
 
 def model_file_size(path: Path) -> int:
-    """Bytes of an exported model (OpenVINO .xml: with its .bin)."""
-    return path.stat().st_size + (path.with_suffix(".bin").stat().st_size if path.suffix == ".xml" else 0)
+    """Bytes of an exported model (OpenVINO .xml: with its .bin; a split .tflite: with its tail)."""
+    tail = path.with_name(path.stem + TAIL_SUFFIX)
+    extra = path.with_suffix(".bin") if path.suffix == ".xml" else tail if tail.is_file() else None
+    return path.stat().st_size + (extra.stat().st_size if extra else 0)
 
 
 def _missing(backend: str) -> EdgeRuntimeError:
-    pkg = {"onnxruntime": "onnxruntime", "openvino": "openvino"}[backend]
+    extra, pkg = {"onnxruntime": ("edge", "onnxruntime"), "openvino": ("edge", "openvino")}.get(
+        backend, ("litert", "ai-edge-litert")
+    )
     return EdgeRuntimeError(
-        f"the {backend} backend is not installed: pip install 'tinyseg[edge]' (or pip install {pkg})"
+        f"the {backend} backend is not installed: pip install 'tinyseg[{extra}]' (or pip install {pkg})"
     )
 
 
-class EdgeSegmenter:
-    """Runs an exported tinyseg graph (.onnx or OpenVINO .xml). The graph does all decoding; this class only
-    letterboxes the image on the way in and maps boxes and masks back to the original size on the way out."""
+def tflite_metadata(model: bytes, path: Path) -> str | None:
+    """The `tinyseg` entry of a .tflite's metadata table (tflite.py writes it)."""
+    from ai_edge_litert import schema_py_generated as schema
 
-    def __init__(self, path: str | Path, backend: str = "auto", device: str = "CPU", threads: int | None = None):
+    try:
+        m = schema.Model.GetRootAs(model, 0)
+        for i in range(m.MetadataLength()):
+            if m.Metadata(i).Name() == b"tinyseg":
+                return m.Buffers(m.Metadata(i).Buffer()).DataAsNumpy().tobytes().decode()
+    except Exception:  # flatbuffers raises whatever a truncated buffer makes it hit
+        raise EdgeRuntimeError(f"{path}: not a loadable TFLite model") from None
+    return None
+
+
+def _numbered(names) -> list[str]:
+    """LiteRT signature names (args_0, output_3, ...) in their number's order, not the alphabet's."""
+    return sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
+
+
+class LiteRTGraph:
+    """A .tflite, or a split pair (network + decode tail, tflite.py), as one call: uint8 [B, 3, S, S] -> the four
+    outputs. LiteRT graphs have batch 1 and K = max_det: images run one at a time."""
+
+    def __init__(self, path: Path, meta_text: str | None, threads: int | None, delegate: str | None):
+        try:
+            from ai_edge_litert.interpreter import Interpreter, load_delegate
+        except ImportError:
+            try:
+                from tflite_runtime.interpreter import Interpreter, load_delegate
+            except ImportError:
+                raise _missing("litert") from None
+
+        def runner(file: Path):
+            delegates = [load_delegate(delegate)] if delegate else None
+            try:
+                interp = Interpreter(model_path=str(file), num_threads=threads, experimental_delegates=delegates)
+                return interp.get_signature_runner()
+            except (ValueError, RuntimeError) as e:
+                raise EdgeRuntimeError(f"{file}: not a loadable TFLite model ({str(e)[:200]})") from None
+
+        self.network = runner(path)
+        tail = json.loads(meta_text).get("tail") if meta_text else None
+        self.tail = runner(path.with_name(tail)) if tail else None
+        net_in = self.network.get_input_details()
+        self.input = _numbered(net_in)[0]
+        shape, dtype = list(net_in[self.input]["shape"]), np.dtype(net_in[self.input]["dtype"])
+        # A split pair's network takes pixels channels-last (tflite.NetworkGraph), float or, full-integer,
+        # quantized (scale, zero point); the runtime converts the uint8 NCHW images.
+        self.channels_last = self.tail is not None and shape[-1] == 3
+        self.input_dtype = dtype
+        self.input_quant = net_in[self.input].get("quantization", (0.0, 0))
+        if self.channels_last:
+            shape, dtype = [shape[0], 3, *shape[1:3]], np.dtype(np.uint8)
+        self.signature = (
+            [("images", f"tensor({dtype.name})", shape)] + [("extra", "", [])] * (len(net_in) - 1),
+            list(OUTPUT_NAMES) if len(self._outputs()) == len(OUTPUT_NAMES) else [],
+        )
+
+    def _outputs(self) -> list[str]:
+        return _numbered((self.tail or self.network).get_output_details())
+
+    def __call__(self, images: np.ndarray) -> list[np.ndarray]:
+        outs = []
+        for image in images:
+            res = _dequantized(self.network, self.network(**{self.input: self._network_input(image)}))
+            if self.tail is not None:
+                dense = [res[k] for k in _numbered(res)]
+                res = _dequantized(self.tail, self.tail(**dict(zip(_numbered(self.tail.get_input_details()), dense))))
+            outs.append([res[k] for k in _numbered(res)])
+        return [np.concatenate([o[i] for o in outs]) for i in range(len(OUTPUT_NAMES))]
+
+
+    def _network_input(self, image: np.ndarray) -> np.ndarray:
+        if not self.channels_last:
+            return image[None]
+        x = image.transpose(1, 2, 0)[None].astype(np.float32)
+        scale, zero = self.input_quant
+        if scale:
+            info = np.iinfo(self.input_dtype)
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
+        return x.astype(self.input_dtype)
+
+
+def _dequantized(runner, outputs: dict) -> dict:
+    """Integer outputs of a full-integer graph back to float: (q - zero_point) * scale."""
+    details = runner.get_output_details()
+    for name, value in outputs.items():
+        scale, zero = details[name].get("quantization", (0.0, 0))
+        if scale:
+            outputs[name] = (value.astype(np.float32) - zero) * np.float32(scale)
+    return outputs
+
+
+class EdgeSegmenter:
+    """Runs an exported tinyseg graph (.onnx, OpenVINO .xml or LiteRT .tflite). The graph does all decoding; this
+    class only letterboxes the image on the way in and maps boxes and masks back to the original size on the way
+    out. `delegate`: a LiteRT delegate library (an NPU's, e.g. libvx_delegate.so) for .tflite models."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        backend: str = "auto",
+        device: str = "CPU",
+        threads: int | None = None,
+        delegate: str | None = None,
+    ):
         self.path = Path(path)
         if not self.path.is_file():
             raise EdgeRuntimeError(f"{self.path}: model file not found")
@@ -70,14 +178,20 @@ class EdgeSegmenter:
         if suffix not in MODEL_SUFFIXES:
             raise EdgeRuntimeError(f"{self.path}: not an exported tinyseg model (expected .onnx or OpenVINO .xml)")
         if backend == "auto":
-            backend = "openvino" if suffix == ".xml" else "onnxruntime"
+            backend = {".xml": "openvino", ".tflite": "litert"}.get(suffix, "onnxruntime")
         if backend not in BACKENDS:
             raise EdgeRuntimeError(f"unknown backend {backend!r} (choose {', '.join(BACKENDS)})")
         if suffix == ".xml" and backend != "openvino":
             raise EdgeRuntimeError(f"{self.path}: OpenVINO IR needs --backend openvino")
+        if (suffix == ".tflite") != (backend == "litert"):
+            raise EdgeRuntimeError(f"{self.path}: the litert backend runs .tflite models, and only those")
         self.backend = backend
         if backend == "onnxruntime":
             self._init_onnxruntime(threads)
+        elif backend == "litert":
+            self._meta_text = tflite_metadata(self.path.read_bytes(), self.path)
+            self._litert = LiteRTGraph(self.path, self._meta_text, threads, delegate)
+            self._signature = self._litert.signature
         else:
             self._init_openvino(device, threads)
         self.meta = parse_metadata(self._meta_text, self.path)
@@ -178,6 +292,8 @@ class EdgeSegmenter:
             )
         if self.backend == "onnxruntime":
             outs = self.session.run(None, {"images": images})
+        elif self.backend == "litert":
+            outs = self._litert(images)
         else:
             compiled, request = self._openvino_request(len(images))
             res = request.infer({0: images})

@@ -110,17 +110,18 @@ class TinySeg(nn.Module):
         class_logits = self.classifier(gather(outputs["classes"].float(), pos), silhouettes.float())
         return {"centers": centers, "boxes": boxes, "params": params, "class_logits": class_logits}
 
-    def detect(self, images: torch.Tensor, max_det: int) -> dict[str, torch.Tensor]:
+    def detect(self, images: torch.Tensor, max_det: int, fixed_k: bool = False) -> dict[str, torch.Tensor]:
         """images -> detections: everything the exported graph computes (see decode)."""
-        return self.decode(self(images), max_det)
+        return self.decode(self(images), max_det, fixed_k)
 
-    def decode(self, outputs: dict[str, torch.Tensor], max_det: int) -> dict[str, torch.Tensor]:
+    def decode(self, outputs: dict[str, torch.Tensor], max_det: int, fixed_k: bool = False) -> dict[str, torch.Tensor]:
         """Dense outputs -> detections in network-input coordinates, sorted by score: boxes [B, K, 4] xyxy
         pixels, scores [B, K], classes [B, K] int64, masks [B, K, S/2, S/2] probabilities. A mask is meant
-        inside its box grown by MASK_MARGIN px; the host cuts it there at full resolution (deploy/results.py)."""
+        inside its box grown by MASK_MARGIN px; the host cuts it there at full resolution (deploy/results.py).
+        K is the detections scoring >= score_thresh, or (fixed_k) always max_det: a static shape."""
         objectness, pos = find_peaks(outputs["heatmap"], max_det)
         inst = self.read_instances(outputs, pos)
-        scores, peak, classes = top_pairs(objectness, inst["class_logits"], self.score_thresh)
+        scores, peak, classes = top_pairs(objectness, inst["class_logits"], None if fixed_k else self.score_thresh)
         b = pos.shape[0]
         boxes, centers, params = (take(inst[k], peak, b) for k in ("boxes", "centers", "params"))
         masks = self.mask.assemble(params, outputs["mask_features"], centers, boxes).sigmoid()

@@ -57,19 +57,21 @@ def crop_cells(
 
 
 def top_pairs(
-    objectness: torch.Tensor, class_logits: torch.Tensor, score_thresh: float
+    objectness: torch.Tensor, class_logits: torch.Tensor, score_thresh: float | None
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """objectness [B, K], class logits [B, K, C] -> the best (peak, class) pairs: scores [B, n] =
     P(object) * P(class) sorted descending, peak [B, n] index into B * K (flat), classes [B, n].
 
     An object whose class is uncertain appears once per plausible class with the score split between them
     (what per-class AP rewards), a confident one once. n is the most pairs scoring >= score_thresh in any image
-    of the batch (at least 1, at most K): only those get masks, the rest were most of the mask work."""
+    of the batch (at least 1, at most K): only those get masks, the rest were most of the mask work.
+    score_thresh None keeps all K: a static shape, for converters that cannot trace a data-dependent one."""
     b, k, c = class_logits.shape
     scores, pair = (objectness.unsqueeze(-1) * class_logits.softmax(-1)).reshape(b, k * c).topk(k)
-    n = (scores >= score_thresh).sum(1).max().clamp(min=1)
-    keep = torch.arange(n, device=pair.device)
-    scores, pair = scores.index_select(1, keep), pair.index_select(1, keep)
+    if score_thresh is not None:
+        n = (scores >= score_thresh).sum(1).max().clamp(min=1)
+        keep = torch.arange(n, device=pair.device)
+        scores, pair = scores.index_select(1, keep), pair.index_select(1, keep)
     peak = (pair // c + torch.arange(b, device=pair.device).unsqueeze(1) * k).reshape(-1)
     return scores, peak, pair % c
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-BACKENDS = ["auto", "torch", "onnxruntime", "openvino"]
+BACKENDS = ["auto", "torch", "onnxruntime", "openvino", "litert"]
 OUTSIDE_HELP = "read images a file_name places outside the image folder ('../x.png', absolute paths)"
 
 
@@ -110,7 +110,7 @@ def _train(sub) -> None:
 
 def _eval(sub) -> None:
     s = sub.add_parser("eval", help="COCO mask and box AP of a checkpoint or an exported model")
-    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx, MODEL.xml or MODEL.tflite")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--threads", type=count(1, 256))
     s.add_argument("--val", required=True, help="COCO JSON with ground truth, or a YOLO-seg data.yaml")
@@ -136,7 +136,7 @@ def _eval(sub) -> None:
 
 def _predict(sub) -> None:
     s = sub.add_parser("predict", help="predict images, a video or a camera; write overlays")
-    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx or MODEL.xml")
+    s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx, MODEL.xml or MODEL.tflite")
     s.add_argument("--source", required=True, help="an image, a folder of images, a video file or a camera index")
     s.add_argument("--out", default="runs/predict")
     s.add_argument("--conf", type=fraction, default=0.3, help="score threshold (default 0.3)")
@@ -152,15 +152,20 @@ def _predict(sub) -> None:
 
 
 def _export(sub) -> None:
-    s = sub.add_parser("export", help="export a checkpoint to ONNX or OpenVINO (FP32, FP16, INT8)")
+    s = sub.add_parser("export", help="export a checkpoint to ONNX, OpenVINO or LiteRT/TFLite (FP32, FP16, INT8)")
     s.add_argument("--weights", required=True)
-    s.add_argument("--format", required=True, choices=["onnx", "openvino"])
+    s.add_argument("--format", required=True, choices=["onnx", "openvino", "tflite"])
     s.add_argument("--half", action="store_true", help="OpenVINO: FP16-compressed weights (NCS2)")
     s.add_argument("--int8", action="store_true", help="INT8 post-training quantization (needs --calib)")
     s.add_argument("--calib", metavar="ANN.json|DIR", help="calibration images: a COCO JSON or an image folder")
     s.add_argument("--images", help="image folder for --calib JSON")
     s.add_argument("--calib-num", type=count(1, 100000), default=300)
     s.add_argument("--max-det", type=count(1, 10000), help="K detections in the graph (default: the checkpoint's)")
+    s.add_argument(
+        "--split",
+        action="store_true",
+        help="tflite: the network (NPU ops only) and the decode tail as two graphs, OUT and OUT.tail.tflite",
+    )
     s.add_argument("--out", help="output path (default: next to the checkpoint)")
 
 

@@ -225,7 +225,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
 def cmd_export(a: argparse.Namespace) -> None:
     from tinyseg.deploy.export import run_export
 
-    run_export(a.weights, a.format, a.out, a.half, a.int8, a.calib, a.images, a.calib_num, a.max_det)
+    run_export(a.weights, a.format, a.out, a.half, a.int8, a.calib, a.images, a.calib_num, a.max_det, a.split)
 
 
 def cmd_bench(a: argparse.Namespace) -> None:
