@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q $(TORCH)
-	$(BIN)/pip install -q -e ".[train,export,dev]"
+	$(BIN)/pip install -q -e ".[train,export,tflite,dev]" $(TORCH)
 	touch $@
 
 demo: $(BIN)/.installed
