@@ -251,7 +251,13 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
         "class_names is not a list",
     ),
     ("onnx garbage", lambda w: _predict(w, weights=_file(w, "g.onnx", "garbage")), 2, "not a loadable ONNX model"),
-    ("tflite", lambda w: _predict(w, weights=_file(w, "m.tflite", "x")), 2, "m.tflite: not a readable tinyseg"),
+    ("tflite garbage", lambda w: _predict(w, weights=_file(w, "m.tflite", "x")), 2, "m.tflite: not a loadable TFLite"),
+    (
+        "format unknown",
+        lambda w: _predict(w, weights=_file(w, "m.pb", "x")),
+        2,
+        "m.pb: not a readable tinyseg checkpoint",
+    ),
     ("onnx meta missing", lambda w: _predict(w, weights=_onnx_meta(w, "a.onnx", None)), 2, "no tinyseg metadata"),
     ("onnx meta not json", lambda w: _predict(w, weights=_onnx_meta(w, "b.onnx", "{x")), 2, "not valid JSON"),
     (

@@ -1,6 +1,7 @@
 """Export round trips for real: ONNX -> onnxruntime, ONNX/IR -> OpenVINO (CPU), INT8, the torch-free runtime,
 video prediction, and the error messages of the edge path."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -236,9 +237,13 @@ def test_edge_errors_are_clear(onnx_path, tmp_path, capsys):
     (tmp_path / "bad.onnx").write_bytes(b"garbage")
     with pytest.raises(EdgeRuntimeError, match="bad.onnx: not a loadable ONNX model"):
         EdgeSegmenter(tmp_path / "bad.onnx")
-    with pytest.raises(EdgeRuntimeError, match="expected .onnx or OpenVINO .xml"):
-        (tmp_path / "m.tflite").write_bytes(b"x")
-        EdgeSegmenter(tmp_path / "m.tflite")
+    with pytest.raises(EdgeRuntimeError, match="expected .onnx, OpenVINO .xml or .tflite"):
+        (tmp_path / "m.pb").write_bytes(b"x")
+        EdgeSegmenter(tmp_path / "m.pb")
+    if importlib.util.find_spec("ai_edge_litert"):
+        with pytest.raises(EdgeRuntimeError, match="m.tflite: not a loadable TFLite model"):
+            (tmp_path / "m.tflite").write_bytes(b"x")
+            EdgeSegmenter(tmp_path / "m.tflite")
     edge = EdgeSegmenter(onnx_path)
     with pytest.raises(EdgeRuntimeError, match=r"expects uint8 \[B, 3, 128, 128\]"):
         edge.run(np.zeros((1, 3, 320, 320), np.uint8))

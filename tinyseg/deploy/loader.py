@@ -14,7 +14,13 @@ def is_exported(weights: str | Path) -> bool:
     return Path(weights).suffix.lower() in EXPORTED_SUFFIXES
 
 
-def load_predictor(weights: str | Path, backend: str = "auto", device: str | None = None, threads: int | None = None):
+def load_predictor(
+    weights: str | Path,
+    backend: str = "auto",
+    device: str | None = None,
+    threads: int | None = None,
+    delegate: str | None = None,
+):
     """A checkpoint (.pt) -> PyTorch Segmenter; an exported model (.onnx / .xml) -> the torch-free EdgeSegmenter.
     Both have .predict(image, conf), .run(letterboxed batch), .class_names, .cat_ids and .imgsz."""
     if is_exported(weights):
@@ -22,7 +28,7 @@ def load_predictor(weights: str | Path, backend: str = "auto", device: str | Non
             raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime, openvino or litert")
         from tinyseg.deploy.runtime import EdgeSegmenter
 
-        return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads)
+        return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads, delegate)
     if backend not in ("auto", "torch"):
         raise UsageError(
             f"{weights}: a checkpoint runs with --backend torch; for {backend}, export it first "

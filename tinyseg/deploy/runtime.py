@@ -67,7 +67,10 @@ def _missing(backend: str) -> EdgeRuntimeError:
 
 def tflite_metadata(model: bytes, path: Path) -> str | None:
     """The `tinyseg` entry of a .tflite's metadata table (tflite.py writes it)."""
-    from ai_edge_litert import schema_py_generated as schema
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:
+        raise _missing("litert") from None
 
     try:
         m = schema.Model.GetRootAs(model, 0)
@@ -136,7 +139,6 @@ class LiteRTGraph:
             outs.append([res[k] for k in _numbered(res)])
         return [np.concatenate([o[i] for o in outs]) for i in range(len(OUTPUT_NAMES))]
 
-
     def _network_input(self, image: np.ndarray) -> np.ndarray:
         if not self.channels_last:
             return image[None]
@@ -176,7 +178,9 @@ class EdgeSegmenter:
             raise EdgeRuntimeError(f"{self.path}: model file not found")
         suffix = self.path.suffix.lower()
         if suffix not in MODEL_SUFFIXES:
-            raise EdgeRuntimeError(f"{self.path}: not an exported tinyseg model (expected .onnx or OpenVINO .xml)")
+            raise EdgeRuntimeError(
+                f"{self.path}: not an exported tinyseg model (expected .onnx, OpenVINO .xml or .tflite)"
+            )
         if backend == "auto":
             backend = {".xml": "openvino", ".tflite": "litert"}.get(suffix, "onnxruntime")
         if backend not in BACKENDS:

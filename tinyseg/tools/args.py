@@ -113,6 +113,7 @@ def _eval(sub) -> None:
     s.add_argument("--weights", required=True, help="CKPT.pt, MODEL.onnx, MODEL.xml or MODEL.tflite")
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--threads", type=count(1, 256))
+    s.add_argument("--delegate", metavar="LIB.so", help="LiteRT delegate library for .tflite (e.g. an NPU's)")
     s.add_argument("--val", required=True, help="COCO JSON with ground truth, or a YOLO-seg data.yaml")
     s.add_argument("--split", default="val", help="the data.yaml split to evaluate (default val)")
     s.add_argument("--images")
@@ -143,6 +144,7 @@ def _predict(sub) -> None:
     s.add_argument("--backend", default="auto", choices=BACKENDS)
     s.add_argument("--device", help="cpu|cuda (checkpoints) or CPU|GPU|NPU (OpenVINO)")
     s.add_argument("--threads", type=count(1, 256), help="CPU threads for inference")
+    s.add_argument("--delegate", metavar="LIB.so", help="LiteRT delegate library for .tflite (e.g. an NPU's)")
     s.add_argument("--show", action="store_true", help="open a window (video/camera)")
     s.add_argument("--save-video", metavar="OUT.mp4", help="write the annotated video (video/camera)")
     s.add_argument("--max-frames", type=count(1, 10**9), help="stop after this many frames (video/camera)")
@@ -175,7 +177,9 @@ def _bench(sub) -> None:
     s.add_argument("--val", help="COCO JSON for mask/box AP (FP32 and INT8)")
     s.add_argument("--images")
     s.add_argument("--imgsz", type=count(32, 4096), default=320)
-    s.add_argument("--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino")
+    s.add_argument(
+        "--backends", default="onnxruntime,openvino", help="comma list: torch,onnxruntime,openvino,litert (tflite)"
+    )
     s.add_argument("--threads", default="1,2", help="comma list of thread counts")
     s.add_argument("--runs", type=count(1), default=50, help="timed runs per setting (after warm-up)")
     s.add_argument(

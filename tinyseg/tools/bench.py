@@ -84,7 +84,7 @@ def run_bench(a) -> dict:
     calib = _calibration(a, seg)
     data, image = _timing_image(a, out, calib)
     row = _zoo_row(a, seg)
-    models = _export_all(seg, out, calib, a.max_det, "openvino" in backends)
+    models = _export_all(seg, out, calib, a.max_det, [b for b in backends if b in ("openvino", "litert")])
     row["fp32_mb"], row["int8_mb"] = (model_file_size(models[("onnxruntime", p)]) / 1e6 for p in ("fp32", "int8"))
     if data is not None:
         row.update(_accuracy(models, data, a.imgsz, a.max_det))
@@ -149,7 +149,9 @@ def _zoo_row(a, seg) -> dict:
     }
 
 
-def _export_all(seg, out: Path, calib: np.ndarray, max_det: int, openvino: bool) -> dict[tuple[str, str], Path]:
+def _export_all(seg, out: Path, calib: np.ndarray, max_det: int, extra: list[str]) -> dict[tuple[str, str], Path]:
+    """ONNX FP32 / INT8 always; OpenVINO and LiteRT when their backends are benchmarked (LiteRT INT8: the split
+    pair, a full-integer network and the float decode tail: what an NPU runs)."""
     from tinyseg.deploy.export.onnx import export_onnx
     from tinyseg.deploy.export.openvino import export_openvino
     from tinyseg.deploy.export.quantize import quantize_onnx, quantize_openvino
@@ -160,9 +162,14 @@ def _export_all(seg, out: Path, calib: np.ndarray, max_det: int, openvino: bool)
         ("onnxruntime", "fp32"): fp32,
         ("onnxruntime", "int8"): quantize_onnx(fp32, out / "model_int8.onnx", calib),
     }
-    if openvino:
+    if "openvino" in extra:
         models[("openvino", "fp32")] = export_openvino(fp32, out / "model_fp32.xml")
         models[("openvino", "int8")] = quantize_openvino(fp32, out / "model_int8.xml", calib)
+    if "litert" in extra:
+        from tinyseg.deploy.export.tflite import export_tflite
+
+        models[("litert", "fp32")] = export_tflite(seg, out / "model_fp32.tflite", max_det)
+        models[("litert", "int8")] = export_tflite(seg, out / "model_int8.tflite", max_det, calib, split=True)
     return models
 
 
@@ -177,6 +184,8 @@ def _accuracy(models: dict, data, imgsz: int, max_det: int) -> dict:
         (("onnxruntime", "fp32"), "fp32"),
         (("onnxruntime", "int8"), "int8"),
         (("openvino", "int8"), "ov_int8"),
+        (("litert", "fp32"), "tflite_fp32"),
+        (("litert", "int8"), "tflite_int8"),
     ):
         if key in models:
             print(f"evaluating {models[key].name} ...", file=sys.stderr)
@@ -240,6 +249,13 @@ def to_markdown(result: dict) -> str:
         lines += ["", f"INT8 calibrated on {result['calib']}."]
     if "mask_ap_ov_int8" in z:
         lines += ["", f"OpenVINO INT8 (NNCF): mask AP {z['mask_ap_ov_int8']:.3f}, box AP {z['box_ap_ov_int8']:.3f}."]
+    if "mask_ap_tflite_int8" in z:
+        lines += [
+            "",
+            f"LiteRT: FP32 mask AP {z['mask_ap_tflite_fp32']:.3f} (box {z['box_ap_tflite_fp32']:.3f}); full-integer "
+            f"INT8 (split: int8 network, float decode tail) mask AP {z['mask_ap_tflite_int8']:.3f} "
+            f"(box {z['box_ap_tflite_int8']:.3f}).",
+        ]
     graph = {(r["backend"], r["precision"], r["threads"]): r["graph_median_ms"] for r in result["latency"]}
     speedups = [
         f"{b} {t} thread(s) {ms / graph[(b, 'int8', t)]:.2f}x"

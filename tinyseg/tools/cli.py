@@ -142,7 +142,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
             check_writable(path)
     if a.report:
         check_writable(a.report, folder=True)
-    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
+    pred = load_predictor(a.weights, a.backend, a.device, a.threads, a.delegate)
     data = _eval_data(a)
     if data.class_names != pred.class_names:
         warnings.warn(
@@ -201,7 +201,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
             check_writable(a.save_video)
         from tinyseg.tools.video import run_video
 
-        pred = load_predictor(a.weights, a.backend, a.device, a.threads)
+        pred = load_predictor(a.weights, a.backend, a.device, a.threads, a.delegate)
         run_video(pred, a.source, a.conf, a.show, a.save_video, a.max_frames)
         return
     if a.show or a.save_video:
@@ -212,7 +212,7 @@ def cmd_predict(a: argparse.Namespace) -> None:
     outputs = ImageOutputs(
         files, check_writable(a.out, folder=True), a.json and check_writable(a.json), a.format, a.save_txt
     )
-    pred = load_predictor(a.weights, a.backend, a.device, a.threads)
+    pred = load_predictor(a.weights, a.backend, a.device, a.threads, a.delegate)
     total, skipped = predict_images(pred, files, outputs, a.conf)
     print(
         f"{total} instances in {len(files) - skipped} images; overlays in {a.out}/"
