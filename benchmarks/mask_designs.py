@@ -187,7 +187,8 @@ def _latency_table(benches: dict) -> list[str]:
         fp32 = z["mask_ap_fp32"]
         drops = [f"{z[k]:.3f} ({z[k] - fp32:+.3f})" for k in ("mask_ap_int8", "mask_ap_ov_int8")]
         cells = " | ".join(f"{ms[k]:.2f}" if k in ms else "-" for k in settings)
-        rows.append(f"| {design} | {fp32:.3f} | {' | '.join(drops)} | {z['fp32_mb']:.2f} | {z['int8_mb']:.2f} | {cells} |")
+        sizes = f"{z['fp32_mb']:.2f} | {z['int8_mb']:.2f}"
+        rows.append(f"| {design} | {fp32:.3f} | {' | '.join(drops)} | {sizes} | {cells} |")
     return ["Exports of each design's seed-0 synthetic model (`tinyseg bench`, graph alone, decode included):", "",
             *rows]  # fmt: skip
 
