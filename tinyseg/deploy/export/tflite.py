@@ -13,8 +13,12 @@ Metadata (class names, size, layout) sits in the .tflite's metadata table under 
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import sys
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -73,7 +77,8 @@ def export_tflite(
 ) -> Path:
     """Write `path` (and with `split` its tail beside it); INT8 when calibration images [N, 3, S, S] are given."""
     try:
-        import litert_torch
+        with quiet():  # importing it starts TensorFlow's and JAX's logging
+            import litert_torch
     except ImportError:
         raise ExportError("TFLite export needs the converter: pip install 'tinyseg[tflite]'") from None
     path, model = Path(path).with_suffix(".tflite"), seg.model.eval()
@@ -98,10 +103,31 @@ def export_tflite(
     return path
 
 
+@contextlib.contextmanager
+def quiet():
+    """Silence the converter's and quantizer's progress lines and C++ logs (file descriptors 1 and 2): the
+    export prints its own summary, and an error still surfaces as the exception it raises."""
+    sys.stdout.flush(), sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 1), os.dup2(null, 2)
+        with open(os.devnull, "w") as sink, warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with contextlib.redirect_stdout(sink), contextlib.redirect_stderr(sink):
+                yield
+    finally:
+        sys.stdout.flush(), sys.stderr.flush()
+        os.dup2(saved[0], 1), os.dup2(saved[1], 2)
+        for fd in (*saved, null):
+            os.close(fd)
+
+
 def _convert(litert_torch, module: nn.Module, args: tuple) -> bytes:
     with tempfile.TemporaryDirectory() as d:
         try:
-            litert_torch.convert(module.eval(), args).export(str(Path(d) / "m.tflite"))
+            with quiet():
+                litert_torch.convert(module.eval(), args).export(str(Path(d) / "m.tflite"))
         except Exception as e:  # the converter raises many types; the message is what the user needs
             raise ExportError(f"TFLite conversion failed: {str(e)[:300]}") from None
         return (Path(d) / "m.tflite").read_bytes()
@@ -117,8 +143,9 @@ def quantize_tflite(model: bytes, calib: np.ndarray) -> bytes:
     name = signature["inputs"][0]
     q = quantizer.Quantizer(model)
     q.load_quantization_recipe(recipe.static_wi8_ai8())
-    result = q.calibrate({"serving_default": [{name: calib[i : i + 1]} for i in range(len(calib))]})
-    return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
+    with quiet():
+        result = q.calibrate({"serving_default": [{name: calib[i : i + 1]} for i in range(len(calib))]})
+        return bytes(q.quantize(result, enable_progress_report=False).quantized_model)
 
 
 def _write(model: bytes, meta: dict, path: Path) -> None:
