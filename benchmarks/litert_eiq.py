@@ -4,7 +4,7 @@
 
 Runs `tinyseg bench` with the onnxruntime, openvino and litert backends at 1 and 2 threads (LiteRT: XNNPACK on
 the CPU; INT8 = the split pair, a full-integer network and its float decode tail), evaluates the single-graph
-full-integer INT8 export too, and writes benchmarks/results/litert_eiq.{json,md}: the eIQ columns (model, mAP
+INT8 export too (int8 network, float tail), and writes benchmarks/results/litert_eiq.{json,md}: the eIQ columns (model, mAP
 FP32, mAP INT8, input size, OPS, params, FP32 size, INT8 size) with YOLACT-Edge's published row beside ours, plus
 latency here. Needs the machine to itself (latency).
 """
@@ -96,7 +96,7 @@ def to_markdown(r: dict, work: Path) -> str:
         f"| FP32 (one graph) | {z['mask_ap_tflite_fp32']:.3f} | {z['box_ap_tflite_fp32']:.3f} | {tfl_fp32:.2f} MB |",
         f"| INT8 split (full-integer network + float tail) | {z['mask_ap_tflite_int8']:.3f} | "
         f"{z['box_ap_tflite_int8']:.3f} | {tfl_int8:.2f} MB |",
-        f"| INT8 one graph (everything quantized) | {r['single_int8']['mask_ap']:.3f} | "
+        f"| INT8 one graph (int8 network, float decode tail) | {r['single_int8']['mask_ap']:.3f} | "
         f"{r['single_int8']['box_ap']:.3f} | {r['single_int8_mb']:.2f} MB |",
         f"| ONNX FP32 (reference) | {z['mask_ap_fp32']:.3f} | {z['box_ap_fp32']:.3f} | {z['fp32_mb']:.2f} MB |",
         "",
