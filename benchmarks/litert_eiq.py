@@ -4,9 +4,9 @@
 
 Runs `tinyseg bench` with the onnxruntime, openvino and litert backends at 1 and 2 threads (LiteRT: XNNPACK on
 the CPU; INT8 = the split pair, a full-integer network and its float decode tail), evaluates the single-graph
-INT8 export too (int8 network, float tail), and writes benchmarks/results/litert_eiq.{json,md}: the eIQ columns (model, mAP
-FP32, mAP INT8, input size, OPS, params, FP32 size, INT8 size) with YOLACT-Edge's published row beside ours, plus
-latency here. Needs the machine to itself (latency).
+INT8 export too (int8 network, float tail), and writes benchmarks/results/litert_eiq.{json,md}: the eIQ columns
+(model, mAP FP32, mAP INT8, input size, OPS, params, FP32 size, INT8 size) with YOLACT-Edge's published row beside
+ours, plus latency here. Needs the machine to itself (latency).
 """
 
 from __future__ import annotations

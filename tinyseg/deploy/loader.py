@@ -25,7 +25,9 @@ def load_predictor(
     Both have .predict(image, conf), .run(letterboxed batch), .class_names, .cat_ids and .imgsz."""
     if is_exported(weights):
         if backend == "torch":
-            raise UsageError(f"{weights}: an exported model runs with --backend onnxruntime, openvino or litert")
+            raise UsageError(
+                f"{weights}: an exported model runs with --backend onnxruntime, openvino or litert, not torch"
+            )
         from tinyseg.deploy.runtime import EdgeSegmenter
 
         return EdgeSegmenter(weights, backend, (device or "CPU").upper(), threads, delegate)
