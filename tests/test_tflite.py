@@ -117,3 +117,13 @@ def test_export_command_and_eval(tiny_run, synth, tmp_path, capsys):
     assert json.loads((tmp_path / "e.json").read_text())["num_images"] == 8
     assert main(["export", "--weights", str(tiny_run / "best.pt"), "--format", "onnx", "--split"]) == 2
     assert "--split is for --format tflite" in capsys.readouterr().err
+
+
+def test_split_model_without_its_tail_is_one_clear_error(split_int8, tmp_path):
+    import shutil
+
+    from tinyseg.errors import EdgeRuntimeError
+
+    shutil.copy(split_int8, tmp_path / "q.tflite")  # the network half alone
+    with pytest.raises(EdgeRuntimeError, match=r"q.tail.tflite: not a loadable TFLite model"):
+        EdgeSegmenter(tmp_path / "q.tflite")

@@ -82,6 +82,15 @@ def tflite_metadata(model: bytes, path: Path) -> str | None:
     return None
 
 
+def _tail_name(meta_text: str | None) -> str | None:
+    """The decode tail's file name a split pair's metadata records (bad metadata: none; parse_metadata says why)."""
+    try:
+        tail = json.loads(meta_text or "{}").get("tail")
+    except (ValueError, AttributeError):
+        return None
+    return tail if isinstance(tail, str) and Path(tail).name == tail else None
+
+
 def _numbered(names) -> list[str]:
     """LiteRT signature names (args_0, output_3, ...) in their number's order, not the alphabet's."""
     return sorted(names, key=lambda n: int(n.rsplit("_", 1)[-1]))
@@ -109,8 +118,7 @@ class LiteRTGraph:
                 raise EdgeRuntimeError(f"{file}: not a loadable TFLite model ({str(e)[:200]})") from None
 
         self.network = runner(path)
-        tail = json.loads(meta_text).get("tail") if meta_text else None
-        self.tail = runner(path.with_name(tail)) if tail else None
+        self.tail = runner(path.with_name(tail)) if (tail := _tail_name(meta_text)) else None
         net_in = self.network.get_input_details()
         self.input = _numbered(net_in)[0]
         shape, dtype = list(net_in[self.input]["shape"]), np.dtype(net_in[self.input]["dtype"])
