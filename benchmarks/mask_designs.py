@@ -32,7 +32,7 @@ DECISION = [
     "Default: `prototypes`. CondInst's best run is the most accurate (0.562 mask AP) but its other seed never",
     "learned masks (mask BCE stayed at log 2: the dynamic convs' ReLUs died), and its graph is 5.6x slower (ORT,",
     "1 thread): every one of K masks runs a 3-layer MLP over the full stride-2 grid. CenterMask trains fastest",
-    "(39.9 img/s) and has the fewest GFLOPs, but is 12 points below at this budget and slowest to decode (the",
+    "(39.9 img/s) and has the fewest GFLOPs, but is 7-13 points below at this budget and slowest to decode (the",
     "bilinear paste gathers 4 values per cell per mask). Prototypes: stable across seeds (0.516 / 0.546), the",
     "fastest graph, INT8 within 0.001 AP. Both others stay supported (`--set model.mask_head=...`).",
 ]
