@@ -82,6 +82,12 @@ def tflite_metadata(model: bytes, path: Path) -> str | None:
     return None
 
 
+def _output_quant(runner) -> list[tuple[str, tuple[float, int]]]:
+    """A signature's outputs in order, each with its (scale, zero point); scale 0: a float output."""
+    details = runner.get_output_details()
+    return [(k, details[k].get("quantization", (0.0, 0))) for k in _numbered(details)]
+
+
 def _tail_name(meta_text: str | None) -> str | None:
     """The decode tail's file name a split pair's metadata records (bad metadata: none; parse_metadata says why)."""
     try:
@@ -129,23 +135,31 @@ class LiteRTGraph:
         self.input_quant = net_in[self.input].get("quantization", (0.0, 0))
         if self.channels_last:
             shape, dtype = [shape[0], 3, *shape[1:3]], np.dtype(np.uint8)
+        # Read once, not per image: the tail's input names and each runner's outputs in order with their
+        # quantization (scale 0: a float output).
+        self._tail_inputs = _numbered(self.tail.get_input_details()) if self.tail is not None else []
+        self._output_quant = {id(r): _output_quant(r) for r in (self.network, self.tail) if r is not None}
         self.signature = (
             [("images", f"tensor({dtype.name})", shape)] + [("extra", "", [])] * (len(net_in) - 1),
-            list(OUTPUT_NAMES) if len(self._outputs()) == len(OUTPUT_NAMES) else [],
+            list(OUTPUT_NAMES) if len(self._output_quant[id(self.tail or self.network)]) == len(OUTPUT_NAMES) else [],
         )
-
-    def _outputs(self) -> list[str]:
-        return _numbered((self.tail or self.network).get_output_details())
 
     def __call__(self, images: np.ndarray) -> list[np.ndarray]:
         outs = []
         for image in images:
-            res = _dequantized(self.network, self.network(**{self.input: self._network_input(image)}))
+            res = self._run(self.network, {self.input: self._network_input(image)})
             if self.tail is not None:
-                dense = [res[k] for k in _numbered(res)]
-                res = _dequantized(self.tail, self.tail(**dict(zip(_numbered(self.tail.get_input_details()), dense))))
-            outs.append([res[k] for k in _numbered(res)])
+                res = self._run(self.tail, dict(zip(self._tail_inputs, res)))
+            outs.append(res)
         return [np.concatenate([o[i] for o in outs]) for i in range(len(OUTPUT_NAMES))]
+
+    def _run(self, runner, inputs: dict) -> list[np.ndarray]:
+        """One signature call -> its outputs in order, integer ones back to float: (q - zero_point) * scale."""
+        res = runner(**inputs)
+        return [
+            (res[k].astype(np.float32) - zero) * np.float32(scale) if scale else res[k]
+            for k, (scale, zero) in self._output_quant[id(runner)]
+        ]
 
     def _network_input(self, image: np.ndarray) -> np.ndarray:
         if not self.channels_last:
@@ -156,16 +170,6 @@ class LiteRTGraph:
             info = np.iinfo(self.input_dtype)
             x = np.clip(np.round(x / scale + zero), info.min, info.max)
         return x.astype(self.input_dtype)
-
-
-def _dequantized(runner, outputs: dict) -> dict:
-    """Integer outputs of a full-integer graph back to float: (q - zero_point) * scale."""
-    details = runner.get_output_details()
-    for name, value in outputs.items():
-        scale, zero = details[name].get("quantization", (0.0, 0))
-        if scale:
-            outputs[name] = (value.astype(np.float32) - zero) * np.float32(scale)
-    return outputs
 
 
 class EdgeSegmenter:
