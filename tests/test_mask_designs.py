@@ -53,6 +53,23 @@ def test_hand_set_shape_lands_in_its_box():
     assert not mask[:, 8].any() and mask[8:24, 4:8].all()
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_fresh_dynamic_convs_start_with_open_units(seed):
+    """A fresh head's first dynamic layer is open (ReLU input > 0) on nearly every pixel, for every peak: with zero
+    hidden biases half the units start shut, and training at full learning rate can shut them all, leaving a mask
+    stuck at 0.5 that no gradient reaches (one seed of the benchmark did exactly that)."""
+    torch.manual_seed(seed)
+    head = DynamicConvMasks(16, 8, 16, head_stride=4, mask_stride=2)
+    params, features = head(torch.randn(1, 16, 8, 8), torch.randn(1, 8, 16, 16))
+    peaks = params.flatten(2).transpose(1, 2)  # [1, 64 peaks, 169]
+    w1, b1 = torch.split(peaks, head.SIZES, -1)[:2]
+    cells = torch.arange(16 * 16).expand(1, 64, -1)
+    centers = torch.stack([torch.arange(64) % 8, torch.arange(64) // 8], -1).float().unsqueeze(0)
+    x = torch.cat([features.flatten(2).unsqueeze(1).expand(1, 64, 8, 256), head._relative(cells, 16, centers)], 2)
+    pre = w1.reshape(1, 64, 8, 10) @ x + b1.unsqueeze(-1)
+    assert (pre > 0).float().mean() > 0.9
+
+
 def _condinst_inputs():
     return DynamicConvMasks(8, 4, 8, head_stride=4, mask_stride=2), torch.randn(2, 3, 169) * 0.3, 8
 

@@ -122,7 +122,16 @@ class DynamicConvMasks(nn.Module):
         self.num_params = sum(self.SIZES)
         self.controller = Head(cin, hidden, self.num_params)
         nn.init.normal_(self.controller.out.weight, std=0.1)  # non-zero start: the dynamic convs pass gradients
+        self._open_hidden_units(self.controller.out.bias)
         self.head_stride, self.mask_stride = head_stride, mask_stride
+
+    def _open_hidden_units(self, bias: torch.Tensor) -> None:
+        """Start the dynamic convs' hidden biases at +1: with zero biases a seed could start (and stay) with every
+        ReLU shut, a mask stuck at 0.5 that no gradient can reach."""
+        starts = torch.tensor((0,) + self.SIZES).cumsum(0)
+        with torch.no_grad():
+            for hidden_bias in (1, 3):  # b1, b2
+                bias[starts[hidden_bias] : starts[hidden_bias + 1]] = 1.0
 
     def forward(self, x: torch.Tensor, fine: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """-> (controller outputs [B, 169, S/4, S/4], mask features [B, 8, S/2, S/2])."""
