@@ -52,3 +52,36 @@ def test_sizes_and_occlusion_statistics():
             occluded += obj["mask"].sum() < obj["area"]
     assert min(sizes) <= 12 and max(sizes) >= 80
     assert occluded > 0
+
+
+def test_photo_style_has_mirror_image_sided_classes(tmp_path):
+    """The photo-like set: its left / right classes pair up from their names alone, and each right-hand outline is
+    the left one mirrored (so only a flip that swaps labels teaches the side)."""
+    from tinyseg.data.flips import flip_pairs
+    from tinyseg.data.photo import PHOTO_CLASSES, _outline
+
+    pairs = flip_pairs(list(PHOTO_CLASSES))
+    assert len(pairs) == 3
+    for a, b in pairs:
+        left, right = _outline(PHOTO_CLASSES[a]), _outline(PHOTO_CLASSES[b])
+        assert np.allclose(left * (-1, 1), right) and not np.allclose(left, right)
+    _, val = generate(tmp_path, train=0, val=12, size=128, seed=3, progress=False, style="photo")
+    coco = json.loads(val.read_text())
+    assert [c["name"] for c in coco["categories"]] == list(PHOTO_CLASSES)
+    assert coco["annotations"] and {a["category_id"] for a in coco["annotations"]} <= set(range(1, 9))
+    for a in coco["annotations"]:
+        assert mask_util.area(a["segmentation"]) == a["area"] >= 16
+
+
+def test_photo_style_varies_in_size_and_crowding():
+    from tinyseg.data.photo import render_photo
+
+    rng = np.random.default_rng(0)
+    areas, counts = [], []
+    for _ in range(40):
+        img, inst = render_photo(256, rng)
+        assert img.shape == (256, 256, 3) and img.dtype == np.uint8 and img.std() > 5
+        counts.append(len(inst))
+        areas += [int(p["mask"].sum()) for p in inst]
+    assert max(counts) >= 4 and min(counts) <= 1
+    assert max(areas) / min(areas) > 20  # small and large objects in one set

@@ -18,6 +18,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 from tqdm import tqdm
 
+from tinyseg.data.photo import PHOTO_CLASSES, render_photo
 from tinyseg.io import atomic_write, write_text
 
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
@@ -147,6 +148,10 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 14) -> 
     return img, [p for p in placed if p["mask"].sum() >= MIN_VISIBLE_PIXELS]
 
 
+# Generated styles: their class names and the function that renders one image.
+STYLES = {"shapes": (CLASSES, render_image), "photo": (PHOTO_CLASSES, render_photo)}
+
+
 def _coco_annotation(ann_id: int, image_id: int, cat: int, mask: np.ndarray) -> dict:
     rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
     x, y, w, h = mask_util.toBbox(rle).tolist()
@@ -164,9 +169,9 @@ def _coco_annotation(ann_id: int, image_id: int, cat: int, mask: np.ndarray) -> 
 
 def _render_one(args: tuple) -> list[dict]:
     """Render image i, write its PNG, return its instances as (category, RLE) -- picklable, for a process pool."""
-    out_dir, split, i, size, seed = args
+    out_dir, split, i, size, seed, style = args
     rng = np.random.default_rng([seed, _SPLIT_IDS.get(split, 9), i])
-    img, inst = render_image(size, rng)
+    img, inst = STYLES[style][1](size, rng)
     path = out_dir / "images" / split / f"{i:06d}.png"
     with atomic_write(path) as tmp:
         if not cv2.imwrite(str(tmp), img, [cv2.IMWRITE_PNG_COMPRESSION, 1]):
@@ -175,11 +180,18 @@ def _render_one(args: tuple) -> list[dict]:
 
 
 def generate_split(
-    out_dir: Path, split: str, num: int, size: int, seed: int, progress: bool = True, workers: int = 1
+    out_dir: Path,
+    split: str,
+    num: int,
+    size: int,
+    seed: int,
+    progress: bool = True,
+    workers: int = 1,
+    style: str = "shapes",
 ) -> Path:
     """Write `out_dir/images/<split>/*.png` and `out_dir/<split>.json`; returns the JSON path."""
     (out_dir / "images" / split).mkdir(parents=True, exist_ok=True)
-    jobs = [(out_dir, split, i, size, seed) for i in range(num)]
+    jobs = [(out_dir, split, i, size, seed, style) for i in range(num)]
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
         it = pool.imap(_render_one, jobs, chunksize=8) if pool else map(_render_one, jobs)
@@ -194,10 +206,10 @@ def generate_split(
             a["id"] = len(anns) + 1
             anns.append(a)
     coco = {
-        "info": {"description": f"tinyseg synthetic shapes, seed {seed}"},
+        "info": {"description": f"tinyseg synthetic {style}, seed {seed}"},
         "images": images,
         "annotations": anns,
-        "categories": [{"id": i + 1, "name": n, "supercategory": "shape"} for i, n in enumerate(CLASSES)],
+        "categories": [{"id": i + 1, "name": n, "supercategory": style} for i, n in enumerate(STYLES[style][0])],
     }
     path = out_dir / f"{split}.json"
     write_text(json.dumps(coco), path)
@@ -212,10 +224,12 @@ def generate(
     seed: int = 0,
     progress: bool = True,
     workers: int = 1,
+    style: str = "shapes",
 ) -> tuple[Path, Path]:
+    """The train and val splits of a generated set: `style` "shapes" (the demo's) or "photo" (data/photo.py)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     return (
-        generate_split(out, "train", train, size, seed, progress, workers),
-        generate_split(out, "val", val, size, seed, progress, workers),
+        generate_split(out, "train", train, size, seed, progress, workers, style),
+        generate_split(out, "val", val, size, seed, progress, workers, style),
     )

@@ -53,8 +53,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _synth(sub) -> None:
-    s = sub.add_parser("synth", help="generate the synthetic shapes dataset (COCO JSON + PNGs)")
+    s = sub.add_parser("synth", help="generate a synthetic dataset (COCO JSON + PNGs)")
     s.add_argument("out_dir")
+    s.add_argument(
+        "--style",
+        choices=["shapes", "photo"],
+        default="shapes",
+        help="shapes: the demo's six shapes (default); photo: photo-like scenes with left/right classes",
+    )
     s.add_argument("--train", type=count(0), default=1000, help="training images (default 1000)")
     s.add_argument("--val", type=count(0), default=100, help="validation images (default 100)")
     s.add_argument("--size", type=count(32, 4096), default=320, help="image side in pixels (default 320)")

@@ -25,7 +25,7 @@ def cmd_synth(a: argparse.Namespace) -> None:
 
     check_writable(a.out_dir, folder=True)
     t = time.perf_counter()
-    tr, va = generate(a.out_dir, a.train, a.val, a.size, a.seed, progress=True, workers=a.workers)
+    tr, va = generate(a.out_dir, a.train, a.val, a.size, a.seed, progress=True, workers=a.workers, style=a.style)
     dt = time.perf_counter() - t
     print(f"wrote {tr} and {va} ({a.train + a.val} images in {dt:.1f} s, {(a.train + a.val) / dt:.0f} images/s)")
 
