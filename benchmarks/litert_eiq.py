@@ -15,9 +15,10 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
+
+from common import tinyseg
 
 HERE = Path(__file__).resolve().parent
 # NXP eIQ model zoo, instance segmentation (from the issue): YOLACT-Edge MobileNetV2, COCO, 550x550.
@@ -28,12 +29,6 @@ YOLACT_EDGE = {"model": "YOLACT-Edge MobileNetV2 (eIQ, COCO)", "map_fp32": "0.21
 # 17 GOPS in 2.2 s. Our estimate for that board scales it by our graph's operations (a first-order estimate:
 # it assumes both graphs reach the same fraction of the CPU's peak).
 A53_GOPS_PER_S = 17 / 2.2
-
-
-def tinyseg(*args: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "tinyseg", *args], capture_output=True, text=True)
-    if res.returncode:
-        raise SystemExit(f"tinyseg {args[0]} failed:\n{res.stderr[-3000:]}")
 
 
 def main() -> int:

@@ -21,9 +21,10 @@ import csv
 import json
 import os
 import platform
-import subprocess
 import sys
 from pathlib import Path
+
+from common import read_json, tinyseg
 
 HERE = Path(__file__).resolve().parent
 DESIGNS = ("prototypes", "condinst", "centermask")
@@ -36,16 +37,6 @@ DECISION = [
     "bilinear paste gathers 4 values per cell per mask). Prototypes: stable across seeds (0.516 / 0.546), the",
     "fastest graph, INT8 within 0.001 AP. Both others stay supported (`--set model.mask_head=...`).",
 ]
-
-
-def tinyseg(*args: str) -> None:
-    res = subprocess.run([sys.executable, "-m", "tinyseg", *args], capture_output=True, text=True)
-    if res.returncode:
-        raise SystemExit(f"tinyseg {' '.join(args[:1])} failed:\n{res.stderr[-3000:]}")
-
-
-def read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def measure_rates(work: Path, synth: Path) -> dict:

@@ -127,3 +127,22 @@ def test_split_model_without_its_tail_is_one_clear_error(split_int8, tmp_path):
     shutil.copy(split_int8, tmp_path / "q.tflite")  # the network half alone
     with pytest.raises(EdgeRuntimeError, match=r"q.tail.tflite: not a loadable TFLite model"):
         EdgeSegmenter(tmp_path / "q.tflite")
+
+
+def test_int8_outputs_span_every_calibration_value(split_int8, seg, images):
+    """Activation ranges are the union over the calibration images: no dense map of any of them is clipped by its
+    int8 output range (the quantizer's default moving average would clip the images past the first)."""
+    import torch
+
+    from tinyseg.deploy.runtime import DENSE_NAMES, EdgeSegmenter
+
+    graph = EdgeSegmenter(split_int8)._litert
+    details = graph.network.get_output_details()
+    keys = sorted(details, key=lambda k: int(k.rsplit("_", 1)[-1]))
+    with torch.no_grad():
+        ref = seg.model(torch.from_numpy(images))
+    for name, key in zip(DENSE_NAMES, keys):
+        scale, zero = details[key]["quantization"]
+        lo, hi = (-128 - zero) * scale, (127 - zero) * scale
+        values = ref[name].numpy()
+        assert lo - scale <= values.min() and values.max() <= hi + scale, (name, values.min(), values.max(), lo, hi)

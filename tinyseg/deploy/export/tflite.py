@@ -73,9 +73,15 @@ class TailGraph(nn.Module):
 
 
 def export_tflite(
-    seg: Segmenter, path: str | Path, max_det: int | None = None, calib: np.ndarray | None = None, split: bool = False
+    seg: Segmenter,
+    path: str | Path,
+    max_det: int | None = None,
+    calib: np.ndarray | None = None,
+    split: bool = False,
+    ranges: str = "full",
 ) -> Path:
-    """Write `path` (and with `split` its tail beside it); INT8 when calibration images [N, 3, S, S] are given."""
+    """Write `path` (and with `split` its tail beside it); INT8 when calibration images [N, 3, S, S] are given,
+    activation ranges as `ranges` says (see quantize_tflite)."""
     try:
         with quiet():  # importing it starts TensorFlow's and JAX's logging
             import litert_torch
@@ -92,7 +98,7 @@ def export_tflite(
         head = NetworkGraph(model) if split else FixedKGraph(model, max_det)
         buf = _convert(litert_torch, head, (images,))
         if calib is not None:
-            buf = quantize_tflite(buf, calib, whole=split)
+            buf = quantize_tflite(buf, calib, whole=split, ranges=ranges)
         if split:
             tail_path = path.with_name(path.stem + TAIL_SUFFIX)
             dense = NetworkGraph(model)(images)
@@ -133,11 +139,13 @@ def _convert(litert_torch, module: nn.Module, args: tuple) -> bytes:
         return (Path(d) / "m.tflite").read_bytes()
 
 
-def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool) -> bytes:
-    """INT8 with ai-edge-quantizer: int8 weights (per channel) and int8 activations over each tensor's full range
-    on the calibration images. `whole`: every op (a split pair's network: int8 from its input to its outputs);
-    else the ops of the network only (the tensors litert-torch names after the TinySeg module): quantized, the
-    single graph's decode tail cost the demo model 13 mask AP points (benchmarks/README.md)."""
+def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool, ranges: str = "full") -> bytes:
+    """INT8 with ai-edge-quantizer: int8 weights (per channel) and int8 activations, calibrated on the images.
+    `whole`: every op (a split pair's network: int8 from its input to its outputs); else the ops of the network
+    only (the tensors litert-torch names after the TinySeg module): quantized, the single graph's decode tail cost
+    the demo model 13 mask AP points (benchmarks/README.md). `ranges`: "full", each activation's range is the
+    union over the images; "moving_average", the quantizer's default (a moving average of the images' extremes,
+    which clips the values detections live on: the peaks, the large boxes; benchmarks/results/tflite_int8.md)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import qtyping, quantizer
 
@@ -146,17 +154,19 @@ def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool) -> bytes:
     q = quantizer.Quantizer(model)
     scope = ".*" if whole else f".*{TinySeg.__name__}_model.*"
     q.add_static_config(scope, qtyping.TFLOperationName.ALL_SUPPORTED, 8, 8)
+    samples = [{name: calib[i : i + 1]} for i in range(len(calib))]
     with quiet():
-        ranges: dict = {}
-        for i in range(len(calib)):  # one image at a time: the quantizer's own merge is a moving average
-            _widen(ranges, q.calibrate({"serving_default": [{name: calib[i : i + 1]}]}))
-        return bytes(q.quantize(ranges, enable_progress_report=False).quantized_model)
+        if ranges == "moving_average":
+            found = q.calibrate({"serving_default": samples})
+        else:
+            found = {}
+            for sample in samples:  # one image at a time, merged here
+                _widen(found, q.calibrate({"serving_default": [sample]}))
+        return bytes(q.quantize(found, enable_progress_report=False).quantized_model)
 
 
 def _widen(ranges: dict, new: dict) -> None:
-    """Merge one image's min / max per tensor into `ranges` as the union. The quantizer's default, a moving average
-    of the images' extremes, clips the values the detections live on (the peaks, the large boxes): measured on
-    the demo model, it cost 0.4-0.6 more mask AP points than the full range (benchmarks/results/litert_eiq.md)."""
+    """Merge one image's min / max per tensor into `ranges`: the union."""
     for tensor, qsv in new.items():
         old = ranges.get(tensor)
         if not old or not qsv:

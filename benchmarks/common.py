@@ -1,0 +1,19 @@
+"""What the benchmark scripts share: running the tinyseg CLI and reading the JSON it wrote."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+
+def tinyseg(*args: str) -> None:
+    """Run `python -m tinyseg ARGS`; on failure stop with the end of its error output."""
+    res = subprocess.run([sys.executable, "-m", "tinyseg", *args], capture_output=True, text=True)
+    if res.returncode:
+        raise SystemExit(f"tinyseg {args[0]} failed:\n{res.stderr[-3000:]}")
+
+
+def read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,170 @@
+"""How fast the default training converges on real and photo-like data, and what each augmentation is worth: mask
+AP after 5, 10, 20 and 40 CPU minutes (`nano` at 320) on DSB2018 and on the generated photo-like set (`tinyseg
+synth --style photo`: textured scenes, distractors, a 10x size range, left/right classes), two seeds each; and at
+the ablation budget, the same with each augmentation switched off or on.
+
+    .venv/bin/python benchmarks/convergence.py [--minutes 5,10,20,40] [--seeds 0,1] [--stage all]
+
+Budgets are in steps, not wall time: a configuration's training images/s is measured first (3 epochs over 96
+images, the last one counts), and a budget of M minutes is the number of epochs that rate fills in M minutes. A
+run's result then does not depend on what else the machine did meanwhile (only its wall time does), and an
+augmentation that slows training pays for it in fewer steps. Each run is a separate training with its schedule
+fitted to its budget (what a user who picks that budget gets), not a snapshot of a longer run.
+
+Stages (each skips what an earlier call finished): rates (needs the machine to itself: a rate measured beside
+another job is too low, and so would be the budget), train, table. Results: benchmarks/results/
+convergence.{json,md,png}. Runs go to runs/convergence; DSB2018 is read from ../shared/data/dsb2018.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+from common import read_json, tinyseg
+
+HERE = Path(__file__).resolve().parent
+PHOTO_TRAIN, PHOTO_VAL = 1000, 200
+# Today's defaults, frozen, so that "baseline" keeps meaning the same training when the defaults change.
+BASELINE = ["data.flip_prob=0.5", "data.color_jitter=0.3", "data.scale_min=0.75", "data.scale_max=1.33",
+            "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0", "train.lr=0.02", "train.warmup=0.03",
+            "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
+# Ablations, each a change to the baseline, run at the ablation budget only.
+ABLATIONS = {
+    "no_flip": ["data.flip_prob=0"],
+    "no_color_jitter": ["data.color_jitter=0"],
+    "no_scale_jitter": ["data.scale_min=1", "data.scale_max=1"],
+    "copy_paste": ["data.copy_paste=0.5"],
+    "blur_noise": ["data.blur_prob=0.3", "data.noise=8"],
+}
+
+
+def datasets(a, work: Path) -> dict[str, dict]:
+    photo = work / "photo"
+    if not (photo / "val.json").is_file():
+        tinyseg("synth", str(photo), "--style", "photo", "--train", str(PHOTO_TRAIN), "--val", str(PHOTO_VAL))
+    dsb = Path(a.data)
+    return {
+        "dsb2018": {"train": str(dsb / "train.json"), "val": str(dsb / "val.json"), "max_det": 500},
+        "photo": {"train": str(photo / "train.json"), "val": str(photo / "val.json"), "max_det": 100},
+    }
+
+
+def configs(names: list[str]) -> dict[str, list[str]]:
+    """Name -> --set overrides: "default" is whatever the defaults are now, "baseline" the frozen ones."""
+    table = {"default": [], "baseline": BASELINE, **{k: BASELINE + v for k, v in ABLATIONS.items()}}
+    return {n: table[n] for n in names}
+
+
+def measure_rate(work: Path, data: dict, dataset: str, name: str, overrides: list[str]) -> float:
+    """Training images/s of one configuration on one dataset (96 images, 3 epochs, the last one counts)."""
+    path = work / "rates.json"
+    rates = read_json(path) or {}
+    key = f"{dataset}/{name}"
+    if key not in rates:
+        subset = work / f"rate_{dataset}.json"
+        if not subset.is_file():
+            coco = json.loads(Path(data["train"]).read_text())
+            keep = {im["id"] for im in coco["images"][:96]}
+            coco["images"] = [im for im in coco["images"] if im["id"] in keep]
+            coco["annotations"] = [x for x in coco["annotations"] if x["image_id"] in keep]
+            subset.write_text(json.dumps(coco))
+        out = work / f"rate_{dataset}_{name}"
+        images = str(Path(data["train"]).parent)
+        tinyseg("train", "--train", str(subset), "--images", images, "--epochs", "3", "--out", str(out),
+                "--set", *overrides, "train.val_interval=1000")  # fmt: skip
+        rates[key] = float(list(csv.DictReader(open(out / "metrics.csv")))[-1]["images_per_s"])
+        path.write_text(json.dumps(rates, indent=1))
+        print(f"rate {key}: {rates[key]:.1f} images/s", flush=True)
+    return rates[key]
+
+
+def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[str], minutes: float, seed: int,
+              rate: float) -> dict:  # fmt: skip
+    out = work / f"{dataset}_{name}_{minutes:g}min_s{seed}"
+    done = read_json(out / "result.json")
+    if done:
+        return done
+    n_train = len(json.loads(Path(data["train"]).read_text())["images"])
+    epochs = max(1, round(minutes * 60 * rate / n_train))
+    overrides = [*overrides, f"model.max_det={data['max_det']}", "train.val_interval=1000"]
+    tinyseg("train", "--train", data["train"], "--val", data["val"], "--epochs", str(epochs), "--out", str(out),
+            "--seed", str(seed), "--set", *overrides)  # fmt: skip
+    tinyseg("eval", "--weights", str(out / "best.pt"), "--val", data["val"], "--max-det", str(data["max_det"]),
+            "--json", str(out / "metrics.json"))  # fmt: skip
+    m = read_json(out / "metrics.json")
+    result = {"dataset": dataset, "config": name, "minutes": minutes, "seed": seed, "epochs": epochs,
+              "mask_ap": m["mask_ap"], "mask_ap50": m.get("mask_ap50"), "box_ap": m["box_ap"]}  # fmt: skip
+    (out / "result.json").write_text(json.dumps(result, indent=1))
+    print(f"{dataset} {name} {minutes:g} min seed {seed}: mask AP {m['mask_ap']:.3f}", flush=True)
+    return result
+
+
+def write_results(runs: list[dict], out: Path) -> None:
+    """convergence.json (every run), .md (mean and both seeds per cell) and .png (AP against minutes)."""
+    out.with_suffix(".json").write_text(json.dumps(runs, indent=1))
+    cells: dict[tuple, list[float]] = {}
+    for r in runs:
+        cells.setdefault((r["dataset"], r["config"], r["minutes"]), []).append(r["mask_ap"])
+    lines = ["| dataset | config | CPU min | mask AP (mean) | runs |", "|---|---|---|---|---|"]
+    for (dataset, config, minutes), aps in sorted(cells.items()):
+        runs_text = " / ".join(f"{v:.3f}" for v in aps)
+        lines.append(f"| {dataset} | {config} | {minutes:g} | {sum(aps) / len(aps):.3f} | {runs_text} |")
+    out.with_suffix(".md").write_text("# Convergence: mask AP against CPU minutes\n\n" + "\n".join(lines) + "\n")
+    plot(cells, out.with_suffix(".png"))
+
+
+def plot(cells: dict[tuple, list[float]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sets = sorted({k[0] for k in cells})
+    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
+    for ax, dataset in zip(axes[0], sets):
+        for config in sorted({k[1] for k in cells if k[0] == dataset}):
+            pts = sorted((k[2], v) for k, v in cells.items() if k[:2] == (dataset, config))
+            xs = [p[0] for p in pts]
+            ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-" if len(xs) > 1 else "s", label=config)
+            ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], alpha=0.2)
+        ax.set(title=dataset, xlabel="CPU minutes (2 cores)", ylabel="mask AP", xscale="log")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--minutes", default="5,10,20,40", help="budgets of the convergence curves (CPU minutes)")
+    p.add_argument("--ablation-minutes", type=float, default=20.0, help="budget of the ablation runs")
+    p.add_argument("--curves", default="default,baseline", help="configurations run at every budget")
+    p.add_argument("--ablations", default=",".join(ABLATIONS), help="configurations run at the ablation budget")
+    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--sets", default="dsb2018,photo")
+    p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "dsb2018"))
+    p.add_argument("--stage", default="all", choices=["all", "rates", "train", "table"])
+    p.add_argument("--work", default="runs/convergence")
+    a = p.parse_args()
+    work = Path(a.work)
+    work.mkdir(parents=True, exist_ok=True)
+    data = {k: v for k, v in datasets(a, work).items() if k in a.sets.split(",")}
+    plan = [(n, o, float(m)) for n, o in configs(a.curves.split(",")).items() for m in a.minutes.split(",")]
+    plan += [(n, o, a.ablation_minutes) for n, o in configs([x for x in a.ablations.split(",") if x]).items()]
+    if a.stage in ("all", "rates", "train"):
+        rates = {(d, n): measure_rate(work, data[d], d, n, o) for d in data for n, o, _ in plan}
+    if a.stage in ("all", "train"):
+        for seed in (int(s) for s in a.seeds.split(",")):
+            for d in data:
+                for name, overrides, minutes in plan:
+                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)])
+    if a.stage in ("all", "table"):
+        runs = [read_json(f) for f in sorted(work.glob("*/result.json"))]
+        write_results(runs, HERE / "results" / "convergence")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
