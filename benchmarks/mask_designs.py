@@ -64,9 +64,12 @@ def train_run(work: Path, dataset: str, files: dict, design: str, seed: int, epo
     done = read_json(out / "result.json")
     if done:
         return done
-    args = ["train", "--train", files["train"], "--val", files["val"], "--epochs", str(epochs), "--out", str(out)]
-    args += ["--seed", str(seed), "--set", f"model.mask_head={design}", f"model.max_det={max_det}"]
-    tinyseg(*args, "train.val_interval=1000")
+    if (out / "last.pt").is_file():  # a run cut off by a stopped session continues exactly where it was
+        tinyseg("train", "--resume", str(out))
+    else:
+        args = ["train", "--train", files["train"], "--val", files["val"], "--epochs", str(epochs), "--out", str(out)]
+        args += ["--seed", str(seed), "--set", f"model.mask_head={design}", f"model.max_det={max_det}"]
+        tinyseg(*args, "train.val_interval=1000")
     tinyseg("eval", "--weights", str(out / "best.pt"), "--val", files["val"], "--max-det", str(max_det),
             "--json", str(out / "metrics.json"))  # fmt: skip
     rows = list(csv.DictReader(open(out / "metrics.csv")))

@@ -14,6 +14,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from tinyseg.data.scenes import place_objects
+
 PHOTO_CLASSES = (
     "wheel",
     "hood",
@@ -25,8 +27,6 @@ PHOTO_CLASSES = (
     "right_light",
 )
 MAX_TILT = np.deg2rad(15.0)
-MIN_VISIBLE_FRACTION = 0.4  # as in the shapes set: a mostly hidden object is an unfair ground truth
-MIN_VISIBLE_PIXELS = 16
 
 # Left-facing outlines in unit coordinates (x right, y down); the right-hand class is the mirror image.
 _LEFT_OUTLINES = {
@@ -106,24 +106,12 @@ def render_photo(size: int, rng: np.random.Generator, max_objects: int = 12) -> 
     """One image ([size, size, 3] uint8 BGR) and its instances: dicts with `category` (0-based) and `mask`."""
     img = _background(size, rng)
     n = 0 if rng.random() < 0.05 else int(min(rng.geometric(1 / 5), max_objects))
-    placed: list[dict] = []
-    for _ in range(n):
-        cls_id = int(rng.integers(len(PHOTO_CLASSES)))
-        name = PHOTO_CLASSES[cls_id]
-        for _attempt in range(4):
-            new = _object_mask(name, size, rng)
-            if new.sum() >= MIN_VISIBLE_PIXELS and all(
-                (p["mask"] & ~new).sum() >= MIN_VISIBLE_FRACTION * p["area"] for p in placed
-            ):
-                break
-        else:
-            continue
-        img = _draw(img, new, name, rng)
-        for p in placed:
-            p["mask"] &= ~new
-        placed.append({"category": cls_id, "mask": new, "area": int(new.sum())})
-    img = _camera(img, rng)
-    return img, [p for p in placed if p["mask"].sum() >= MIN_VISIBLE_PIXELS]
+
+    def paint(new: np.ndarray, cls_id: int) -> None:
+        img[:] = _draw(img, new, PHOTO_CLASSES[cls_id], rng)
+
+    placed = place_objects(n, len(PHOTO_CLASSES), lambda c: _object_mask(PHOTO_CLASSES[c], size, rng), paint, rng)
+    return _camera(img, rng), placed
 
 
 def _draw(img: np.ndarray, mask: np.ndarray, name: str, rng: np.random.Generator) -> np.ndarray:

@@ -19,14 +19,11 @@ import pycocotools.mask as mask_util
 from tqdm import tqdm
 
 from tinyseg.data.photo import PHOTO_CLASSES, render_photo
+from tinyseg.data.scenes import place_objects
 from tinyseg.io import atomic_write, write_text
 
 CLASSES = ("circle", "square", "triangle", "star", "ring", "cross")
 _SPLIT_IDS = {"train": 1, "val": 2}
-# An object is only placed where every earlier object keeps at least this much of its area visible:
-# a heavily hidden object is an unfair ground truth (no one could segment it from what is left).
-MIN_VISIBLE_FRACTION = 0.4
-MIN_VISIBLE_PIXELS = 16
 
 
 def _unit_polygon(cls: str, rng: np.random.Generator) -> np.ndarray:
@@ -117,18 +114,8 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 14) -> 
     img = _background(size, rng)
     # 0 to many objects: a few empty images, mostly a handful, sometimes crowded.
     n = 0 if rng.random() < 0.05 else int(min(rng.geometric(1 / 6), max_objects * 2))
-    placed: list[dict] = []
-    for _ in range(n):
-        cls_id = int(rng.integers(len(CLASSES)))
-        for _attempt in range(4):
-            mask, _, _ = _shape_mask(CLASSES[cls_id], size, rng)
-            if mask.sum() < MIN_VISIBLE_PIXELS:
-                continue
-            new = mask.astype(bool)
-            if all((p["mask"] & ~new).sum() >= MIN_VISIBLE_FRACTION * p["area"] for p in placed):
-                break
-        else:
-            continue
+
+    def paint(new: np.ndarray, cls_id: int) -> None:
         ys, xs = np.nonzero(new)
         y0, y1, x0, x1 = ys.min(), ys.max() + 1, xs.min(), xs.max() + 1
         tex = _texture(y1 - y0, x1 - x0, rng)
@@ -136,16 +123,13 @@ def render_image(size: int, rng: np.random.Generator, max_objects: int = 14) -> 
         under = img[y0:y1, x0:x1][new[y0:y1, x0:x1]].mean(0)
         if np.abs(tex.mean((0, 1)) - under).max() < 40:
             tex = 255 - tex
-        region = img[y0:y1, x0:x1]
-        region[new[y0:y1, x0:x1]] = tex[new[y0:y1, x0:x1]]
-        for p in placed:
-            p["mask"] &= ~new
-        placed.append({"category": cls_id, "mask": new, "area": int(new.sum())})
+        img[y0:y1, x0:x1][new[y0:y1, x0:x1]] = tex[new[y0:y1, x0:x1]]
+
+    placed = place_objects(n, len(CLASSES), lambda c: _shape_mask(CLASSES[c], size, rng)[0].astype(bool), paint, rng)
     # Mild blur + noise so edges are not perfectly crisp (the camera never is).
     if rng.random() < 0.5:
         img = cv2.GaussianBlur(img, (3, 3), rng.uniform(0.3, 1.0))
-    img = np.clip(img, 0, 255).astype(np.uint8)
-    return img, [p for p in placed if p["mask"].sum() >= MIN_VISIBLE_PIXELS]
+    return np.clip(img, 0, 255).astype(np.uint8), placed
 
 
 # Generated styles: their class names and the function that renders one image.
