@@ -8,6 +8,7 @@ the visible parts: each new object carves its mask out of the ones under it.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -28,7 +29,7 @@ def place_objects(
     placed: list[dict] = []
     for _ in range(count):
         cls_id = int(rng.integers(num_classes))
-        new = _first_fit(placed, lambda: sample_mask(cls_id))
+        new = _first_fit(placed, partial(sample_mask, cls_id))
         if new is None:
             continue
         paint(new, cls_id)
