@@ -197,3 +197,32 @@ def test_downsample_crops_equals_full_resolution_average():
         full = T.paste(crops, 320).reshape(20, 320 // stride, stride, 320 // stride, stride).astype(np.float32)
         want = np.round(full.mean((2, 4)) * 255).astype(np.uint8)
         assert np.array_equal(T.downsample_crops(crops, 320, stride), want)
+
+
+def test_objects_the_crop_cuts_below_min_visible_become_ignore_regions(tmp_path):
+    """A square at the right edge, zoomed 2x and placed at random: where less than half of it stays in the
+    canvas it is no longer an object but an ignore (crowd) region; where more stays, it is the same object as
+    without the rule. Mask stride 1, so pixel counts are exact."""
+    write_png(tmp_path / "a.png")
+    square = [20.0, 8.0, 32.0, 8.0, 32.0, 24.0, 20.0, 24.0]  # 12 x 16 px, touching the right edge
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "segmentation": [square], "iscrowd": 0}]
+    data = load_coco(write_coco(tmp_path, [_img()], anns))
+    zoom = dict(scale_min=2, scale_max=2, min_pixels=1)
+    keep_all = CocoDataset(data, 32, _samples(1, **zoom))
+    honest = CocoDataset(data, 32, _samples(1, **zoom, min_visible=0.5))
+    full_area = 12 * 16 * 2 * 2
+    seen = set()
+    for epoch in range(40):
+        _, every = keep_all[(epoch, 0)]
+        _, cut = honest[(epoch, 0)]
+        visible = int((every["masks"] > 127).sum()) if len(every["labels"]) else 0
+        if not visible or 0.45 * full_area < visible < 0.55 * full_area:  # gone, or too close to call
+            continue
+        if visible > 0.5 * full_area:
+            seen.add("kept")
+            assert torch.equal(cut["masks"], every["masks"]) and not cut["crowd"].any()
+        else:
+            seen.add("ignored")
+            assert len(cut["labels"]) == 0
+            assert torch.equal(cut["crowd"] > 127, every["masks"][0] > 127)
+    assert seen == {"kept", "ignored"}

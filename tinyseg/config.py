@@ -87,6 +87,10 @@ class DataConfig:
     noise: float = 0.0
     # Instances whose visible part after augmentation is smaller than this many pixels are dropped.
     min_instance_pixels: int = 6
+    # Instances that the random crop cuts (or pasted objects cover) to less than this fraction of their area
+    # become ignore regions, neither object nor background: a sliver of a door is no door to learn, yet it is
+    # not background either. 0 keeps every cut object.
+    min_visible: float = 0.0
     # At most this many instances per image get a mask loss (sampled): dense images would otherwise dominate.
     max_mask_instances: int = 64
     # Keep decoded training images in RAM (when they fit in 4 GB): decoding PNGs every epoch costs as much as

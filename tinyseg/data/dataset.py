@@ -43,6 +43,9 @@ class TrainingSamples:
     copy_paste: float = 0.0  # probability of pasting objects from another image
     blur_prob: float = 0.0  # probability of a Gaussian blur
     noise: float = 0.0  # standard deviation of Gaussian pixel noise, in 0..255 grey levels
+    # Instances cut by the crop or covered by pasted objects to less than this fraction of their area become
+    # ignore regions (data.min_visible).
+    min_visible: float = 0.0
 
 
 def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:
@@ -59,6 +62,7 @@ def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Seque
         cfg.copy_paste,
         cfg.blur_prob,
         cfg.noise,
+        cfg.min_visible,
     )
 
 
@@ -115,17 +119,19 @@ class CocoDataset(Dataset):
             sample = {"image_id": rec.id, "orig_size": (rec.height, rec.width), "matrix": torch.from_numpy(m)}
             return _chw_view(T.warp_image(img, m, S)), sample
         rng = np.random.default_rng([self.seed, epoch, i])
-        out, crops, labels, m = self._augmented(i, rng)
+        out, crops, labels, full, m = self._augmented(i, rng)
         out = T.color_jitter(out, rng, t.color_jitter)
         if t.copy_paste and rng.random() < t.copy_paste:
-            out, crops, labels = self._paste(out, crops, labels, rng)
+            out, crops, labels, full = self._paste(out, crops, labels, full, rng)
         out = T.blur_and_noise(out, rng, t.blur_prob, t.noise)
         boxes, areas = T.crop_boxes(crops)
-        keep = np.flatnonzero(areas >= t.min_pixels)
+        honest = areas >= t.min_visible * full
+        keep = np.flatnonzero((areas >= t.min_pixels) & honest)
         sel = np.arange(len(keep))
         if len(sel) > t.max_mask_instances:
             sel = np.sort(rng.choice(len(sel), t.max_mask_instances, replace=False))
-        crowd = T.downsample_crops(T.warp_crops(crowd_crops, m, S), S, t.mask_stride).max(0, initial=0)
+        ignored = [c for c, a, h in zip(crops, areas, honest) if a and not h]
+        crowd = T.downsample_crops(T.warp_crops(crowd_crops, m, S) + ignored, S, t.mask_stride).max(0, initial=0)
         labels = labels[keep]
         sample = {
             "labels": torch.from_numpy(labels),
@@ -140,27 +146,29 @@ class CocoDataset(Dataset):
         return _chw_view(out), sample
 
     def _augmented(self, i: int, rng: np.random.Generator):
-        """Image i randomly placed, scaled and flipped -> (pixels [S, S, 3], object crops, labels [N], matrix);
-        a flip also swaps the labels of sided classes."""
+        """Image i randomly placed, scaled and flipped -> (pixels [S, S, 3], object crops, labels [N], areas [N]
+        the objects would have uncut, matrix); a flip also swaps the labels of sided classes."""
         rec, t, S = self.data.images[i], self.training, self.imgsz
         img, obj_crops, _ = self._load(i)
         m = T.random_affine(rec.height, rec.width, S, rng, t.scale_min, t.scale_max, t.flip_prob)
         labels = np.asarray(rec.labels, np.int64)
         if t.flip_map and m[0, 0] < 0:
             labels = np.asarray(t.flip_map, np.int64)[labels]
-        return T.warp_image(img, m, S), T.warp_crops(obj_crops, m, S), labels, m
+        full = np.array([c.mask.sum() for c in obj_crops], np.float64) * abs(np.linalg.det(m[:, :2]))
+        return T.warp_image(img, m, S), T.warp_crops(obj_crops, m, S), labels, full, m
 
-    def _paste(self, out: np.ndarray, crops: list, labels: np.ndarray, rng: np.random.Generator):
+    def _paste(self, out: np.ndarray, crops: list, labels: np.ndarray, full: np.ndarray, rng: np.random.Generator):
         """Copy-paste (Ghiasi et al., CVPR 2021): about half of the objects of another training image, augmented
         on its own, pasted on top; what they cover is taken out of the masks underneath."""
-        other, o_crops, o_labels, _ = self._augmented(int(rng.integers(len(self))), rng)
+        other, o_crops, o_labels, o_full, _ = self._augmented(int(rng.integers(len(self))), rng)
         chosen = [k for k in range(len(o_crops)) if o_crops[k].mask.any() and rng.random() < 0.5]
         if not chosen:
-            return out, crops, labels
+            return out, crops, labels, full
         pasted = [o_crops[k] for k in chosen]
         cover = T.paste(pasted, self.imgsz).max(0).astype(bool)
         out = np.where(cover[:, :, None], other, out)
-        return out, [T.occlude(c, cover) for c in crops] + pasted, np.concatenate([labels, o_labels[chosen]])
+        crops = [T.occlude(c, cover) for c in crops] + pasted
+        return out, crops, np.concatenate([labels, o_labels[chosen]]), np.concatenate([full, o_full[chosen]])
 
 
 def _chw_view(hwc: np.ndarray) -> torch.Tensor:
