@@ -1,16 +1,18 @@
 """The three mask designs on one detector, side by side: YOLACT prototypes, CondInst dynamic convolutions and
 CenterMask local shape x global saliency, all `nano` at 320.
 
-    .venv/bin/python benchmarks/mask_designs.py [--minutes 12] [--dsb-minutes 30] [--seeds 0,1] [--stage all]
+    .venv/bin/python benchmarks/mask_designs.py [--minutes 12] [--dsb-minutes 30] [--seeds 0,1] [--dsb-seeds 0,1]
+        [--designs prototypes,condinst,centermask] [--stage all]
 
 Stages (each skips what an earlier call finished, so an interrupted run picks up where it stopped):
-  rates   training images/s of each design on a 96-image synthetic subset (3 epochs, the last one counts);
+  rates   training images/s of each design on each dataset (one process, 2 threads: what a CPU minute means);
   train   each design x seed on the synthetic demo set (1000 + 100 images) and on DSB2018 (maxDets 500), for
           the number of epochs its measured rate fills in the budget: a budget in steps, so a run's result does
           not depend on what else the machine did meanwhile (only its wall time does);
   bench   ONNX Runtime and OpenVINO FP32 / INT8 latency at 1 and 2 threads, INT8 AP drop and file sizes of
           each design's seed-0 synthetic model (`tinyseg bench`): needs the machine to itself;
-  table   benchmarks/results/mask_designs.{json,md}.
+  table   benchmarks/results/mask_designs.{json,md}: this work folder's runs over the committed ones, so
+          sessions can add seeds or designs (a rerun replaces its row).
 Runs go to runs/mask_designs; the DSB2018 data is read from ../shared/data/dsb2018.
 """
 
@@ -27,6 +29,7 @@ from pathlib import Path
 from common import read_json, tinyseg
 
 HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results" / "mask_designs.json"
 DESIGNS = ("prototypes", "condinst", "centermask")
 SYNTH_TRAIN, SYNTH_VAL = 1000, 100
 DECISION = [
@@ -39,23 +42,29 @@ DECISION = [
 ]
 
 
-def measure_rates(work: Path, synth: Path) -> dict:
-    """Training images/s per design (the last of 3 epochs over 96 images, batch 8, one process)."""
+def measure_rates(work: Path, synth: Path, dsb: dict | None, designs: tuple[str, ...]) -> dict:
+    """Training images/s per dataset and design, one process, batch 8: the last of 3 epochs over 96 synthetic
+    images, the second of 2 epochs over DSB2018's training set (its images are denser and slower to train on).
+    The synthetic rates of the committed table are reused, so its rows keep their budgets."""
     path = work / "rates.json"
-    rates = read_json(path) or {}
+    rates = read_json(path) or {"synth": _nested(committed().get("rates", {})).get("synth", {})}
     subset = work / "rate_data"
     if not (subset / "train.json").is_file():
         tinyseg("synth", str(subset), "--train", "96", "--val", "1")
-    for design in DESIGNS:
-        if design in rates:
-            continue
-        out = work / f"rate_{design}"
-        tinyseg("train", "--train", str(subset / "train.json"), "--epochs", "3", "--batch", "8", "--out", str(out),
-                "--set", f"model.mask_head={design}")  # fmt: skip
-        rows = list(csv.DictReader(open(out / "metrics.csv")))
-        rates[design] = float(rows[-1]["images_per_s"])
-        path.write_text(json.dumps(rates, indent=1))
-        print(f"rate {design}: {rates[design]:.1f} images/s", flush=True)
+    sets = {"synth": (str(subset / "train.json"), "3", "100")}
+    if dsb:
+        sets["dsb2018"] = (dsb["train"], "2", "500")
+    for dataset, (train, epochs, max_det) in sets.items():
+        for design in designs:
+            if design in rates.setdefault(dataset, {}):
+                continue
+            out = work / f"rate_{dataset}_{design}"
+            tinyseg("train", "--train", train, "--epochs", epochs, "--batch", "8", "--out", str(out),
+                    "--set", f"model.mask_head={design}", f"model.max_det={max_det}")  # fmt: skip
+            rows = list(csv.DictReader(open(out / "metrics.csv")))
+            rates[dataset][design] = float(rows[-1]["images_per_s"])
+            path.write_text(json.dumps(rates, indent=1))
+            print(f"rate {dataset} {design}: {rates[dataset][design]:.1f} images/s", flush=True)
     return rates
 
 
@@ -107,59 +116,84 @@ def model_cost(design: str) -> tuple[int, float]:
     return sum(p.numel() for p in m.parameters()), detect_flops(m, 320, 100) / 1e9
 
 
+def committed() -> dict:
+    """The results file as committed: later runs add to it (a session cannot hold all runs)."""
+    return read_json(RESULTS) or {}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", type=float, default=12.0, help="synthetic budget per run (CPU minutes)")
     p.add_argument("--dsb-minutes", type=float, default=30.0, help="DSB2018 budget per run (0: skip)")
-    p.add_argument("--dsb-seeds", default="0", help="seeds of the DSB2018 runs")
-    p.add_argument("--seeds", default="0,1")
+    p.add_argument("--dsb-seeds", default="0,1", help="seeds of the DSB2018 runs ('' for none)")
+    p.add_argument("--seeds", default="0,1", help="seeds of the synthetic runs ('' for none)")
+    p.add_argument("--designs", default=",".join(DESIGNS), help="designs to train or bench")
     p.add_argument("--data", default=str(HERE.parent.parent / "shared" / "data" / "dsb2018"))
     p.add_argument("--stage", default="all", choices=["all", "rates", "train", "bench", "table"])
     p.add_argument("--work", default="runs/mask_designs")
     a = p.parse_args()
     work, synth = Path(a.work), Path(a.work) / "synth"
+    designs = tuple(d for d in a.designs.split(",") if d)
+    dsb = {"train": str(Path(a.data) / "train.json"), "val": str(Path(a.data) / "val.json")} if a.dsb_minutes else None
     work.mkdir(parents=True, exist_ok=True)
     if not (synth / "val.json").is_file():
         tinyseg("synth", str(synth), "--train", str(SYNTH_TRAIN), "--val", str(SYNTH_VAL))
-    rates = measure_rates(work, synth) if a.stage in ("all", "rates", "train") else read_json(work / "rates.json")
+    rates = read_json(work / "rates.json") or {}
+    if a.stage in ("all", "rates", "train"):
+        rates = measure_rates(work, synth, dsb, designs)
     if a.stage in ("all", "train"):
-        run_trainings(a, work, synth, rates)
+        run_trainings(a, work, synth, dsb, designs, rates)
     if a.stage in ("all", "bench"):
-        for design in DESIGNS:
+        for design in designs:
             bench_design(work, synth, design)
     if a.stage in ("all", "table"):
         write_table(a, work, rates)
     return 0
 
 
-def run_trainings(a, work: Path, synth: Path, rates: dict) -> None:
+def _seeds(text: str) -> list[int]:
+    return [int(s) for s in text.split(",") if s.strip()]
+
+
+def run_trainings(a, work: Path, synth: Path, dsb: dict | None, designs: tuple, rates: dict) -> None:
     synth_files = {"train": str(synth / "train.json"), "val": str(synth / "val.json")}
-    dsb_files = {"train": str(Path(a.data) / "train.json"), "val": str(Path(a.data) / "val.json")}
-    dsb_images = len(json.loads(Path(dsb_files["train"]).read_text())["images"]) if a.dsb_minutes else 0
-    for seed in (int(s) for s in a.seeds.split(",")):
-        for design in DESIGNS:
-            epochs = max(1, round(a.minutes * 60 * rates[design] / SYNTH_TRAIN))
+    for seed in _seeds(a.seeds):
+        for design in designs:
+            epochs = max(1, round(a.minutes * 60 * rates["synth"][design] / SYNTH_TRAIN))
             train_run(work, "synth", synth_files, design, seed, epochs, 100)
-    for seed in (int(s) for s in a.dsb_seeds.split(",")) if a.dsb_minutes else ():
-        for design in DESIGNS:
-            epochs = max(1, round(a.dsb_minutes * 60 * rates[design] / dsb_images))
-            train_run(work, "dsb2018", dsb_files, design, seed, epochs, 500)
+    if not dsb:
+        return
+    dsb_images = len(json.loads(Path(dsb["train"]).read_text())["images"])
+    for seed in _seeds(a.dsb_seeds):
+        for design in designs:
+            epochs = max(1, round(a.dsb_minutes * 60 * rates["dsb2018"][design] / dsb_images))
+            train_run(work, "dsb2018", dsb, design, seed, epochs, 500)
 
 
 def write_table(a, work: Path, rates: dict) -> None:
+    """Results of this work folder over the committed ones (a rerun of a dataset x design x seed replaces it)."""
     from tinyseg.io import write_json, write_text
 
-    runs = [read_json(f) for f in sorted(work.glob("*_s*/result.json"))]
-    benches = {d: read_json(work / f"bench_{d}.json") for d in DESIGNS}
+    old = committed()
+    key = lambda r: (r["dataset"], r["design"], r["seed"])  # noqa: E731
+    runs = {key(r): r for r in old.get("runs", [])}
+    runs.update({key(r): r for r in (read_json(f) for f in sorted(work.glob("*_s*/result.json")))})
+    runs = list(runs.values())
+    rates = {**_nested(old.get("rates", {})), **rates}
+    benches = {d: read_json(work / f"bench_{d}.json") or old.get("bench", {}).get(d) for d in DESIGNS}
     costs = {d: model_cost(d) for d in DESIGNS}
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
     write_json({"rates": rates, "runs": runs, "bench": benches, "machine": machine,
-                "cost": {d: {"params": c[0], "gflops": c[1]} for d, c in costs.items()}},
-               HERE / "results" / "mask_designs.json")  # fmt: skip
+                "cost": {d: {"params": c[0], "gflops": c[1]} for d, c in costs.items()}}, RESULTS)  # fmt: skip
     md = [f"# Mask designs, `nano` at 320 ({machine})", "", *_accuracy_table(runs, rates, costs, a)]
     md += ["", *_latency_table(benches), "", *DECISION]
     write_text("\n".join(md) + "\n", HERE / "results" / "mask_designs.md")
     print("\n".join(md))
+
+
+def _nested(rates: dict) -> dict:
+    """Rates per dataset; the first results file held the synthetic ones alone."""
+    return rates if "synth" in rates else {"synth": rates}
 
 
 def _accuracy_table(runs: list[dict], rates: dict, costs: dict, a) -> list[str]:
@@ -171,9 +205,9 @@ def _accuracy_table(runs: list[dict], rates: dict, costs: dict, a) -> list[str]:
         m, (params, gflops) = r["metrics"], costs[r["design"]]
         vals = " | ".join(f"{m[k]:.3f}" if isinstance(m.get(k), float) else "-" for k in keys)
         rows.append(f"| {r['dataset']} | {r['design']} | {r['seed']} | {r['epochs']} | {vals} | "
-                    f"{rates[r['design']]:.1f} | {params / 1e6:.2f} M | {gflops:.2f} |")  # fmt: skip
+                    f"{rates[r['dataset']][r['design']]:.1f} | {params / 1e6:.2f} M | {gflops:.2f} |")  # fmt: skip
     budget = f"Budgets: synthetic {a.minutes:g} CPU min, DSB2018 {a.dsb_minutes:g} CPU min (maxDets 500), as epochs"
-    return [budget + " from each design's measured training rate.", "", *rows]
+    return [budget + " from each design's training rate measured on that dataset (train img/s).", "", *rows]
 
 
 def _latency_table(benches: dict) -> list[str]:
