@@ -72,3 +72,72 @@ def test_blur_and_noise_change_pixels_only_when_asked(synth):
     diff = np.abs(noisy.numpy().astype(int) - off)
     assert diff.mean() > 1 and diff.mean() < 30  # degraded, still the same picture
     assert len(t["labels"]) == len(CocoDataset(data, 128, build_training_samples(base, 1))[(0, 0)][1]["labels"])
+
+
+STEPS = 30
+
+
+def _arrow_set(folder, n: int, seed: int):
+    """n 64x64 images, each with two arrows (triangles) pointing left or right: classes arrow_left, arrow_right."""
+    import cv2
+
+    rng = np.random.default_rng(seed)
+    images, anns = [], []
+    for i in range(n):
+        img = rng.integers(60, 120, (64, 64, 3), dtype=np.uint8)
+        for cx in (16, 48):  # mirror images of each other: a flipped scene is laid out like an unflipped one
+            side, s = int(rng.integers(2)), 2 * int(rng.integers(9, 13))
+            y0 = int(rng.integers(4, 60 - s))
+            tip, back = (cx - s // 2, cx + s // 2) if side == 0 else (cx + s // 2, cx - s // 2)
+            poly = [tip, y0 + s // 2, back, y0, back, y0 + s]
+            cv2.fillPoly(img, [np.array(poly).reshape(3, 2)], (230, 200, 40))
+            anns.append({"id": len(anns) + 1, "image_id": i + 1, "category_id": side + 1, "segmentation": [poly],
+                         "iscrowd": 0})  # fmt: skip
+        cv2.imwrite(str(folder / f"{i}.png"), img)
+        images.append({"id": i + 1, "file_name": f"{i}.png", "height": 64, "width": 64})
+    cats = [{"id": 1, "name": "arrow_left"}, {"id": 2, "name": "arrow_right"}]
+    return load_coco(write_coco(folder, images, anns, cats))
+
+
+def test_label_swapping_flips_teach_the_side(tmp_path):
+    """Arrows pointing left or right, trained with random flips: when the flip swaps the labels the model learns
+    which way an arrow points, on the validation images and on their mirror images; when it does not (half the
+    time a left arrow is taught as right), it gets the mirror images wrong."""
+    import torch
+
+    from tinyseg.config import TrainConfig, preset
+    from tinyseg.data.dataset import TrainingSamples
+    from tinyseg.models.detector import build_model
+    from tinyseg.training.losses import build_criterion
+    from tinyseg.training.targets import TrainingCollate
+
+    (tmp_path / "train").mkdir(), (tmp_path / "val").mkdir()
+    train, val = _arrow_set(tmp_path / "train", 32, 0), _arrow_set(tmp_path / "val", 8, 1)
+    collate = TrainingCollate(4, 2)
+    views = []  # the validation images as they are, and mirrored with their labels swapped
+    for prob in (0, 1):
+        ds = CocoDataset(val, 64, TrainingSamples(1, 1, prob, 0, 6, 10**6, mask_stride=2, flip_map=(1, 0)))
+        views.append(collate([ds[i] for i in range(len(ds))]))
+    accuracy = {}
+    for swap in (True, False):
+        torch.manual_seed(0)
+        cfg = preset("nano")
+        cfg.num_classes = 2
+        m = build_model(cfg)
+        crit = build_criterion(TrainConfig(), m.stride)
+        opt = torch.optim.AdamW(m.parameters(), lr=0.01, weight_decay=0)
+        flips = TrainingSamples(1, 1, 0.5, 0, 6, 10**6, mask_stride=2, flip_map=(1, 0) if swap else ())
+        ds = CocoDataset(train, 64, flips)
+        for step in range(STEPS):
+            images, t = collate([ds[(step, i)] for i in range(step % 4 * 8, step % 4 * 8 + 8)])
+            loss = crit.total(crit(m(images, t), t))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        right = []
+        for images, t in views:
+            with torch.no_grad():  # BN in batch mode: the fit is tested, not a few steps of running statistics
+                logits = m(images, t)["class_logits_truth"][t["valid"]]
+            right.append(logits.argmax(-1) == t["labels"][t["valid"]])
+        accuracy[swap] = torch.cat(right).float().mean().item()
+    assert accuracy[True] >= 0.9 and accuracy[False] <= 0.75, accuracy
