@@ -27,13 +27,16 @@ from common import read_json, tinyseg
 
 HERE = Path(__file__).resolve().parent
 PHOTO_TRAIN, PHOTO_VAL = 1000, 200
-# Today's defaults, frozen, so that "baseline" keeps meaning the same training when the defaults change.
-BASELINE = ["data.flip_prob=0.5", "data.color_jitter=0.3", "data.scale_min=0.75", "data.scale_max=1.33",
-            "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0", "data.min_visible=0.0", "train.lr=0.02",
-            "train.warmup=0.03", "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
+# The defaults before sided classes and photo-grade augmentation (a flip kept every label), frozen, so that
+# "baseline" keeps meaning the same training when the defaults change.
+BASELINE = ["data.flip_prob=0.5", "data.auto_flip_pairs=false", "data.color_jitter=0.3", "data.scale_min=0.75",
+            "data.scale_max=1.33", "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0",
+            "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03", "train.ema_decay=0.998",
+            "train.batch=8"]  # fmt: skip
 # Ablations, each a change to the baseline, run at the ablation budget only.
 ABLATIONS = {
     "no_flip": ["data.flip_prob=0"],
+    "flip_swaps_sides": ["data.auto_flip_pairs=true"],
     "no_color_jitter": ["data.color_jitter=0"],
     "no_scale_jitter": ["data.scale_min=1", "data.scale_max=1"],
     "copy_paste": ["data.copy_paste=0.5"],

@@ -40,6 +40,8 @@ def test_a_flipped_sample_swaps_sided_labels(tmp_path):
     cfg = DataConfig(flip_prob=1, flip_pairs=(("arrow_left", "dot"),))  # given pairs win over names
     assert build_training_samples(cfg, 1, data.class_names).flip_map == (2, 1, 0)
     assert np.array_equal(build_training_samples(DataConfig(flip_prob=0), 1, data.class_names).flip_map, ())
+    keep_labels = DataConfig(flip_prob=1, auto_flip_pairs=False)
+    assert np.array_equal(build_training_samples(keep_labels, 1, data.class_names).flip_map, ())
 
 
 def test_copy_paste_keeps_masks_and_pixels_consistent(synth):

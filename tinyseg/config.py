@@ -78,6 +78,8 @@ class DataConfig:
     # Class-name pairs a horizontal flip swaps, e.g. [[front_left_door, front_right_door]]; empty: found from the
     # names (left/right, l/r as words). See data/flips.py.
     flip_pairs: tuple[tuple[str, ...], ...] = ()
+    # Find the pairs from the names when flip_pairs is empty; false: a flip keeps every label.
+    auto_flip_pairs: bool = True
     # Strength of the brightness/contrast/hue jitter (0 disables).
     color_jitter: float = 0.3
     # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting

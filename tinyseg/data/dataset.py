@@ -49,7 +49,8 @@ class TrainingSamples:
 
 
 def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:
-    pairs = flip_pairs(list(class_names), cfg.flip_pairs) if cfg.flip_prob > 0 else []
+    swaps = cfg.flip_prob > 0 and (cfg.flip_pairs or cfg.auto_flip_pairs)
+    pairs = flip_pairs(list(class_names), cfg.flip_pairs) if swaps else []
     return TrainingSamples(
         cfg.scale_min,
         cfg.scale_max,
