@@ -70,6 +70,23 @@ def test_fresh_dynamic_convs_start_with_open_units(seed):
     assert (pre > 0).float().mean() > 0.9
 
 
+def test_shut_dynamic_convs_still_learn():
+    """Every hidden unit shut on every pixel (pre-activations far below 0): the mask still sends a gradient to the
+    first layer's weights and biases, so training can open them again."""
+    head = DynamicConvMasks(8, 4, 8, head_stride=4, mask_stride=2)
+    torch.manual_seed(0)
+    w1, w2, w3 = torch.randn(8, 10) * 0.1, torch.randn(8, 8) * 0.1, torch.randn(1, 8)
+    shut = torch.full((8,), -5.0)
+    params = _weights(w1, shut, w2, shut, w3, [0.0]).reshape(1, 1, -1).requires_grad_()
+    features, centers = torch.randn(1, 8, 16, 16), torch.tensor([[[4.0, 4.0]]])
+    x = torch.cat([features.flatten(2), head._relative(torch.arange(256).unsqueeze(0), 16, centers[0])], 1)
+    assert (w1 @ x[0] + shut[:, None] < 0).all()  # shut on every pixel
+    logits = head.assemble(params, features, centers)
+    torch.nn.functional.binary_cross_entropy_with_logits(logits, torch.ones_like(logits)).backward()
+    w1_b1 = params.grad[0, 0, : head.SIZES[0] + head.SIZES[1]]
+    assert w1_b1.abs().sum() > 0
+
+
 def _condinst_inputs():
     return DynamicConvMasks(8, 4, 8, head_stride=4, mask_stride=2), torch.randn(2, 3, 169) * 0.3, 8
 

@@ -113,6 +113,10 @@ class DynamicConvMasks(nn.Module):
     SHAPES = ((8, 10), (8,), (8, 8), (8,), (1, 8), (1,))  # W1, b1, W2, b2, W3, b3
     SIZES = tuple(int(torch.tensor(s).prod()) for s in SHAPES)
     REL_SCALE = 64.0  # px: relative coordinates in units a typical object spans (CondInst's size of interest)
+    # The hidden dynamic convs' activation: leaky, not the paper's ReLU. With ReLU, one large early step could shut
+    # every hidden unit for every pixel, and a mask stuck at its box's mean receives no gradient again (it
+    # happened in benchmark runs, starting open or not); a leaky unit always passes some.
+    LEAK = 0.1
 
     def __init__(self, cin: int, fine_channels: int, hidden: int, head_stride: int, mask_stride: int):
         super().__init__()
@@ -150,8 +154,8 @@ class DynamicConvMasks(nn.Module):
         """params [..., 169], x [..., 10, M] -> logits [..., M]: the three dynamic 1x1 convs."""
         w1, b1, w2, b2, w3, b3 = torch.split(params.to(x.dtype), self.SIZES, -1)
         lead = params.shape[:-1]
-        h = F.relu(w1.reshape(*lead, 8, 10) @ x + b1.unsqueeze(-1))
-        h = F.relu(w2.reshape(*lead, 8, 8) @ h + b2.unsqueeze(-1))
+        h = F.leaky_relu(w1.reshape(*lead, 8, 10) @ x + b1.unsqueeze(-1), self.LEAK)
+        h = F.leaky_relu(w2.reshape(*lead, 8, 8) @ h + b2.unsqueeze(-1), self.LEAK)
         return (w3.reshape(*lead, 1, 8) @ h + b3.unsqueeze(-1))[..., 0, :]  # not squeeze: an If node in ONNX
 
     def assemble(self, params, features, centers=None, boxes=None) -> torch.Tensor:
