@@ -158,3 +158,15 @@ def test_tight_box_holds_every_pixel(seed, h, w):
         assert not box.any()
         return
     assert (box[0], box[1], box[2], box[3]) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+
+
+def test_a_plateau_is_one_peak():
+    """Equal neighbours (as an int8 heatmap has them): one peak per plateau, the first cell in raster order, in
+    every direction a tie can lie; a lone strict maximum next to a lower cell is still a peak."""
+    for dy, dx in ((0, 1), (1, -1), (1, 0), (1, 1)):
+        heat = torch.full((1, 1, 8, 8), -10.0)
+        heat[0, 0, 3, 3] = heat[0, 0, 3 + dy, 3 + dx] = 2.0
+        heat[0, 0, 6, 1] = 1.0
+        objectness, pos = find_peaks(heat, 3)
+        found = pos[objectness > 0.5].tolist()
+        assert found == [3 * 8 + 3, 6 * 8 + 1], (dy, dx, found)

@@ -14,11 +14,21 @@ BOX_SCALE = 16.0
 
 
 def find_peaks(heatmap: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Centre logits [B, 1, h, w] -> objectness [B, K] and flat cell index [B, K] of the K strongest peaks."""
+    """Centre logits [B, 1, h, w] -> objectness [B, K] and flat cell index [B, K] of the K strongest peaks.
+    A peak is the maximum of its 3x3 neighbourhood; of equal neighbours only the first in raster order counts,
+    or a plateau would be one object found twice (int8 heatmaps have plateaus: a few hundred values only)."""
     b, _, h, w = heatmap.shape
     heat = heatmap.sigmoid()
-    peaks = heat * (F.max_pool2d(heat, 3, 1, 1) == heat)
+    peaks = heat * ((F.max_pool2d(heat, 3, 1, 1) == heat) & (heat > _earlier_neighbours_max(heat)))
     return peaks.reshape(b, -1).topk(min(k, h * w))
+
+
+def _earlier_neighbours_max(heat: torch.Tensor) -> torch.Tensor:
+    """[B, 1, h, w] (>= 0) -> the largest of each cell's neighbours before it in raster order (up-left, up,
+    up-right, left; 0 off the map)."""
+    p = F.pad(heat, (1, 1, 1, 0))
+    up = torch.maximum(torch.maximum(p[:, :, :-1, :-2], p[:, :, :-1, 1:-1]), p[:, :, :-1, 2:])
+    return torch.maximum(up, p[:, :, 1:, :-2])
 
 
 def gather(feat: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
