@@ -78,7 +78,7 @@ def export_tflite(
     max_det: int | None = None,
     calib: np.ndarray | None = None,
     split: bool = False,
-    ranges: str = "mse",
+    ranges: str = "full",
 ) -> Path:
     """Write `path` (and with `split` its tail beside it); INT8 when calibration images [N, 3, S, S] are given,
     activation ranges as `ranges` says (see quantize_tflite)."""
@@ -139,17 +139,13 @@ def _convert(litert_torch, module: nn.Module, args: tuple) -> bytes:
         return (Path(d) / "m.tflite").read_bytes()
 
 
-def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool, ranges: str = "mse") -> bytes:
+def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool, ranges: str = "full") -> bytes:
     """INT8 with ai-edge-quantizer: int8 weights (per channel) and int8 activations, calibrated on the images.
     `whole`: every op (a split pair's network: int8 from its input to its outputs); else the ops of the network
     only (the tensors litert-torch names after the TinySeg module): quantized, the single graph's decode tail cost
-    the demo model 13 mask AP points (benchmarks/README.md). `ranges` (benchmarks/results/tflite_int8.md):
-      "mse"             the tensors that leave the int8 part (the dense maps detections are read from) span
-                        every calibration value, the others take the range with the least int8 round-trip error
-                        over their values (a few extreme activations would otherwise coarsen every step);
-      "full"            every range is the union over the images;
-      "moving_average"  the quantizer's default, a moving average of each image's extremes (it clips the
-                        values detections live on: the peaks, the large boxes)."""
+    the demo model 13 mask AP points (benchmarks/README.md). `ranges`: "full", each activation's range is the
+    union over the images; "moving_average", the quantizer's default (a moving average of the images' extremes,
+    which clips the values detections live on: the peaks, the large boxes; benchmarks/results/tflite_int8.md)."""
     from ai_edge_litert.interpreter import Interpreter
     from ai_edge_quantizer import qtyping, quantizer
 
@@ -166,69 +162,7 @@ def quantize_tflite(model: bytes, calib: np.ndarray, whole: bool, ranges: str = 
             found = {}
             for sample in samples:  # one image at a time, merged here
                 _widen(found, q.calibrate({"serving_default": [sample]}))
-            if ranges == "mse":
-                _fit_ranges(found, model, calib, scope)
         return bytes(q.quantize(found, enable_progress_report=False).quantized_model)
-
-
-# Candidate upper quantiles of an activation's values for its int8 range (1.0: its full range).
-RANGE_QUANTILES = (1.0, 0.99999, 0.9999, 0.999, 0.995, 0.99)
-RANGE_IMAGES = 100  # calibration images whose activations choose the ranges
-RANGE_SAMPLES = 4096  # values drawn per tensor and image
-
-
-def _fit_ranges(found: dict, model: bytes, calib: np.ndarray, scope: str) -> None:
-    """Give each activation inside the int8 part the range that quantizes its values (on up to RANGE_IMAGES
-    images) with the least squared error; tensors that leave it keep their full range."""
-    values, leaving = _activation_samples(model, calib, scope)
-    for tensor, qsv in found.items():
-        if tensor in leaving or tensor not in values or not qsv:
-            continue
-        lo, hi = best_int8_range(values[tensor], float(np.min(qsv["min"])), float(np.max(qsv["max"])))
-        found[tensor] = {**qsv, "min": np.full_like(qsv["min"], lo), "max": np.full_like(qsv["max"], hi)}
-
-
-def _activation_samples(model: bytes, calib: np.ndarray, scope: str) -> tuple[dict[str, np.ndarray], set[str]]:
-    """(tensor name -> values drawn from it on the images, for every op output in `scope`; names of the tensors
-    that leave the scope: graph outputs and inputs of ops outside it)."""
-    import re
-
-    from ai_edge_litert.interpreter import Interpreter
-
-    it = Interpreter(model_content=model, experimental_preserve_all_tensors=True)
-    it.allocate_tensors()
-    names = {t["index"]: t["name"] for t in it.get_tensor_details()}
-    ops = it._get_ops_details()
-    inside = [op for op in ops if any(re.search(scope, names[i]) for i in op["outputs"])]
-    produced = {i for op in inside for i in op["outputs"]}
-    leaving = {d["index"] for d in it.get_output_details()} & produced
-    leaving |= {i for op in ops if op not in inside for i in op["inputs"] if i in produced}
-    rng = np.random.default_rng(0)
-    drawn: dict[int, list[np.ndarray]] = {i: [] for i in produced}
-    index = it.get_input_details()[0]["index"]
-    for k in np.linspace(0, len(calib) - 1, min(RANGE_IMAGES, len(calib))).astype(int):
-        it.set_tensor(index, calib[k : k + 1])
-        it.invoke()
-        for i in produced:
-            v = it.get_tensor(i).ravel()
-            drawn[i].append(rng.choice(v, min(RANGE_SAMPLES, v.size), replace=False))
-    return {names[i]: np.concatenate(v) for i, v in drawn.items()}, {names[i] for i in leaving}
-
-
-def best_int8_range(x: np.ndarray, lo: float, hi: float) -> tuple[float, float]:
-    """Of the full range [lo, hi] and ranges cut at RANGE_QUANTILES of x (both tails), the one whose asymmetric
-    int8 quantization reproduces x with the least squared error."""
-    best = None
-    for p in RANGE_QUANTILES:
-        a, b = (lo, hi) if p == 1.0 else (float(np.quantile(x, 1 - p)), float(np.quantile(x, p)))
-        a, b = min(a, 0.0), max(b, 0.0)  # int8 ranges hold 0
-        scale = (b - a) / 255 or 1.0
-        zero = np.round(-128 - a / scale)
-        back = (np.clip(np.round(x / scale + zero), -128, 127) - zero) * scale
-        err = float(np.mean((back - x) ** 2))
-        if best is None or err < best[0]:
-            best = (err, a, b)
-    return best[1], best[2]
 
 
 def _widen(ranges: dict, new: dict) -> None:
