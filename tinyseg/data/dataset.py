@@ -126,12 +126,12 @@ class CocoDataset(Dataset):
             out, crops, labels, full = self._paste(out, crops, labels, full, rng)
         out = T.blur_and_noise(out, rng, t.blur_prob, t.noise)
         boxes, areas = T.crop_boxes(crops)
-        honest = areas >= t.min_visible * full
-        keep = np.flatnonzero((areas >= t.min_pixels) & honest)
+        visible_enough = areas >= t.min_visible * full
+        keep = np.flatnonzero((areas >= t.min_pixels) & visible_enough)
         sel = np.arange(len(keep))
         if len(sel) > t.max_mask_instances:
             sel = np.sort(rng.choice(len(sel), t.max_mask_instances, replace=False))
-        ignored = [c for c, a, h in zip(crops, areas, honest) if a and not h]
+        ignored = [c for c, a, v in zip(crops, areas, visible_enough) if a and not v]
         crowd = T.downsample_crops(T.warp_crops(crowd_crops, m, S) + ignored, S, t.mask_stride).max(0, initial=0)
         labels = labels[keep]
         sample = {
