@@ -81,9 +81,13 @@ def to_markdown(rows: list[dict]) -> str:
         model = Path(r["weights"]).parent.name
         cells = [model, r["val"], f"{r['pytorch']:.3f}", f"{r['fp32']:.3f}", d["moving_average"], d["full"]]
         lines.append("| " + " | ".join(cells) + " |")
-    lines += ["", "In brackets: the change against TFLite FP32, in mask AP points. The peak finder keeps one cell per",
-              "plateau of the int8 heatmap (models/postprocess.find_peaks); before it did, full ranges lost 1.2 and",
-              "1.3 points on the first model (benchmarks/README.md).", ""]
+    lines += [
+        "",
+        "In brackets: the change against TFLite FP32, in mask AP points. The peak finder keeps one cell per",
+        "plateau of the int8 heatmap (models/postprocess.find_peaks); before it did, full ranges lost 1.2 and",
+        "1.3 points on the first model (benchmarks/README.md).",
+        "",
+    ]
     return "\n".join(lines)
 
 
