@@ -33,12 +33,15 @@ RESULTS = HERE / "results" / "mask_designs.json"
 DESIGNS = ("prototypes", "condinst", "centermask")
 SYNTH_TRAIN, SYNTH_VAL = 1000, 100
 DECISION = [
-    "Default: `prototypes`. CondInst's best run is the most accurate (0.562 mask AP) but its other seed never",
-    "learned masks (mask BCE stayed at log 2: the dynamic convs' ReLUs died), and its graph is 5.6x slower (ORT,",
-    "1 thread): every one of K masks runs a 3-layer MLP over the full stride-2 grid. CenterMask trains fastest",
-    "(39.9 img/s) and has the fewest GFLOPs, but is 7-13 points below at this budget and slowest to decode (the",
-    "bilinear paste gathers 4 values per cell per mask). Prototypes: stable across seeds (0.516 / 0.546), the",
-    "fastest graph, INT8 within 0.001 AP. Both others stay supported (`--set model.mask_head=...`).",
+    "Default: `prototypes`. On the synthetic set CondInst (with leaky hidden units) and prototypes are level within",
+    "the run-to-run spread: 0.557 / 0.570 against 0.567 / 0.542 mask AP (the two prototype seeds differ by 2.5",
+    "points, the two means by 0.9). DSB2018 so far has one seed per design: DSB_LINE",
+    "Prototypes' graph is 4.2x faster (ONNX Runtime FP32, 1 thread: 5.2 vs 21.9 ms; OpenVINO INT8: 4.1 vs",
+    "20.0 ms): each of K CondInst masks runs a 3-layer MLP over the whole stride-2 grid. With the paper's ReLU,",
+    "2 of 5 CondInst runs never learned masks (mask BCE flat at 0.67, every hidden unit shut); leaky units",
+    "(models/masks.DynamicConvMasks.LEAK) trained both seeds here. CenterMask (its rows and bench are the",
+    "2026-12-02 runs) trains fastest and has the fewest GFLOPs but is 10-15 points lower and the slowest to",
+    "decode. INT8 moves none of them by more than 0.002 AP. Both others stay supported (`--set model.mask_head=`).",
 ]
 
 
