@@ -48,9 +48,9 @@ DECISION = [
 def measure_rates(work: Path, synth: Path, dsb: dict | None, designs: tuple[str, ...]) -> dict:
     """Training images/s per dataset and design, one process, batch 8: the last of 3 epochs over 96 synthetic
     images, the second of 2 epochs over DSB2018's training set (its images are denser and slower to train on).
-    The synthetic rates of the committed table are reused, so its rows keep their budgets."""
+    The committed table's rates are reused, so later seeds get the same budgets as its rows."""
     path = work / "rates.json"
-    rates = read_json(path) or {"synth": _nested(committed().get("rates", {})).get("synth", {})}
+    rates = read_json(path) or _nested(committed().get("rates", {}))
     subset = work / "rate_data"
     if not (subset / "train.json").is_file():
         tinyseg("synth", str(subset), "--train", "96", "--val", "1")
