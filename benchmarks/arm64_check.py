@@ -27,7 +27,6 @@ import sys
 from pathlib import Path
 
 import numpy as np
-
 from common import tinyseg
 
 HERE = Path(__file__).resolve().parent
@@ -162,8 +161,11 @@ def main() -> int:
                     "--out", str(model))  # fmt: skip
         native = predict([sys.executable], None, model, source, a.work / f"{name}_x86")
         emulated = predict(arm, env, model, source, a.work / f"{name}_arm64")
-        rows[name] = {**compare(native, emulated), "native": mask_ap(native, val, a.max_det),
-                      "arm": mask_ap(emulated, val, a.max_det)}
+        rows[name] = {
+            **compare(native, emulated),
+            "native": mask_ap(native, val, a.max_det),
+            "arm": mask_ap(emulated, val, a.max_det),
+        }
         print(name, json.dumps(rows[name]), flush=True)
     write_results(a, rows)
     return 0
@@ -174,7 +176,7 @@ def write_results(a, rows: dict) -> None:
     result = {"weights": a.weights, "val": a.val, "images": a.images, "cpu": a.cpu, "qemu": version, "graphs": rows}
     out = HERE / "results"
     (out / "arm64_check.json").write_text(json.dumps(result, indent=1) + "\n")
-    head = "| graph | detections x86-64 / arm64 | unpaired (highest score) | pairs: mask IoU mean / min | max score diff |"
+    head = "| graph | detections x86-64 / arm64 | unpaired (top score) | pairs: mask IoU mean / min | max score diff |"
     head += " max box diff (px) | class changes | mask AP x86-64 / arm64 | box AP x86-64 / arm64 |"
     md = [f"# The ARM path under emulation ({a.cpu}, {version.split(' (')[0]})", "",
           f"`{Path(a.weights).parent.name}/{Path(a.weights).name}` on the first {a.images} images of "
