@@ -113,6 +113,21 @@ def test_assembly_paths_agree(make):
     torch.testing.assert_close(cells, full.reshape(6, -1)[instance, cell], rtol=1e-5, atol=1e-5)
 
 
+def _spread_segmenter(kind: str):
+    """A fresh 128-px model of this design whose heatmap gives many high scores: parity compares detections."""
+    from tinyseg.deploy.predict import Segmenter
+    from tinyseg.models.detector import build_model
+
+    torch.manual_seed(0)
+    cfg = Config()
+    cfg.model = ModelConfig(num_classes=6, mask_head=kind)
+    cfg.data.imgsz = 128
+    model = build_model(cfg.model).eval()
+    torch.nn.init.normal_(model.heatmap.out.weight, std=0.5)
+    torch.nn.init.constant_(model.heatmap.out.bias, 2.0)
+    return Segmenter(model, cfg, ["a", "b", "c", "d", "e", "f"])
+
+
 @pytest.mark.parametrize("kind", ["condinst", "centermask"])
 def test_design_exports_and_matches_pytorch(tmp_path, kind):
     import onnx
@@ -121,18 +136,9 @@ def test_design_exports_and_matches_pytorch(tmp_path, kind):
     from tinyseg.deploy.export.openvino import export_openvino
     from tinyseg.deploy.export.parity import check_parity, verify_batch
     from tinyseg.deploy.export.quantize import quantize_onnx
-    from tinyseg.deploy.predict import Segmenter
     from tinyseg.deploy.runtime import EdgeSegmenter
-    from tinyseg.models.detector import build_model
 
-    torch.manual_seed(0)
-    cfg = Config()
-    cfg.model = ModelConfig(num_classes=6, mask_head=kind)
-    cfg.data.imgsz = 128
-    model = build_model(cfg.model).eval()
-    torch.nn.init.normal_(model.heatmap.out.weight, std=0.5)  # spread, high scores: parity compares detections
-    torch.nn.init.constant_(model.heatmap.out.bias, 2.0)
-    seg = Segmenter(model, cfg, ["a", "b", "c", "d", "e", "f"])
+    seg = _spread_segmenter(kind)
     path = export_onnx(seg, tmp_path / "c.onnx", max_det=20)
     graph = onnx.load(str(path)).graph
     ops, names = {n.op_type for n in graph.node}, [n.name for n in graph.node]
@@ -150,6 +156,23 @@ def test_design_exports_and_matches_pytorch(tmp_path, kind):
     assert np.mean((ov_out["masks"] > 0.5) == (onnx_out["masks"] > 0.5)) > 0.999
     out = EdgeSegmenter(quantize_onnx(path, tmp_path / "q.onnx", images)).run(images[:1])  # INT8 loads and runs
     assert out["masks"].shape[2:] == (64, 64) and np.isfinite(out["scores"]).all()
+
+
+@pytest.mark.parametrize("kind", ["prototypes", "condinst", "centermask"])
+def test_design_tflite_matches_pytorch_and_does_not_grow_with_k(tmp_path, kind):
+    """LiteRT traces static shapes: a gather along an inner dimension or an expanded index would be stored as
+    constants of shape [K, cells], megabytes per detection slot (models/masks.flat_rows)."""
+    pytest.importorskip("litert_torch", reason="the tflite extra is not installed")
+    from tinyseg.deploy.export.parity import check_parity, verify_batch
+    from tinyseg.deploy.export.tflite import export_tflite
+
+    seg = _spread_segmenter(kind)
+    k20 = export_tflite(seg, tmp_path / "k20.tflite", max_det=20)
+    parity = check_parity(seg, k20, verify_batch(128, 4))
+    assert parity.ok and parity.detections > 0, parity
+    k40 = export_tflite(seg, tmp_path / "k40.tflite", max_det=40)
+    per_slot = (k40.stat().st_size - k20.stat().st_size) / 20  # bytes per extra detection slot
+    assert per_slot < 4_000, per_slot  # its parameters' gather coordinates, not a copy of the 64 x 64 mask grid
 
 
 @pytest.mark.parametrize("kind", ["prototypes", "condinst", "centermask"])

@@ -25,6 +25,15 @@ from tinyseg.models.heads import Head
 from tinyseg.models.layers import ConvBNAct, SeparableConv
 
 
+def flat_rows(index: torch.Tensor, cells: int) -> torch.Tensor:
+    """Cell indices [B, ...] into each image's `cells` cells -> the same cells' rows in the B images' cells stacked
+    [B * cells, ...]. Read through this, a gather is one 1-D Gather in an exported graph; a gather along an inner
+    dimension becomes a GatherND whose coordinates a static-shape converter stores as constants of the index's
+    full shape (megabytes in a .tflite)."""
+    offset = torch.arange(index.shape[0], device=index.device) * cells
+    return index + offset.reshape(-1, *[1] * (index.dim() - 1))
+
+
 def prototype_table(features: torch.Tensor) -> torch.Tensor:
     """Prototypes [B, K, h, w] -> [B, h * w, K] (channels last), the one layout both the mask MatMul and the
     silhouette Gather read. OpenVINO's CPU plugin keeps this conv output channels-last: read as [B, K, h * w]
@@ -76,7 +85,7 @@ class PrototypeMasks(nn.Module):
         # element-wise gathers.
         b, k, h, w = features.shape
         n, m = index.shape[1:]
-        rows = index.reshape(b, n * m) + torch.arange(b, device=index.device).unsqueeze(1) * (h * w)
+        rows = flat_rows(index, h * w).reshape(b, n * m)
         if (h * w) % 2:
             picked = prototype_table(features).reshape(b * h * w, k)[rows].reshape(b, n, m, k)
             return (picked @ params.unsqueeze(-1)).squeeze(-1)
@@ -143,8 +152,8 @@ class DynamicConvMasks(nn.Module):
         return self.controller(x), up + self.fine(fine)
 
     def _relative(self, cells: torch.Tensor, width: int, centers: torch.Tensor) -> torch.Tensor:
-        """Flat mask cells [..., M] and peak cells [..., 2] (same leading dims) -> relative coordinates [..., 2, M]
-        of the cells' centres to the peak's, in REL_SCALE units."""
+        """Flat mask cells [..., M] and peak cells [..., 2] (leading dims that broadcast) -> the cells' centres
+        relative to the peak's [..., 2, M], in REL_SCALE units."""
         px = (cells % width + 0.5) * self.mask_stride
         py = (cells // width + 0.5) * self.mask_stride
         c = (centers.to(px.dtype) + 0.5) * self.head_stride
@@ -161,7 +170,9 @@ class DynamicConvMasks(nn.Module):
     def assemble(self, params, features, centers=None, boxes=None) -> torch.Tensor:
         b, c, h, w = features.shape
         n = params.shape[1]
-        cells = torch.arange(h * w, device=features.device).expand(b, n, h * w)
+        # Broadcast, not expanded: a converter that traces static shapes folds an expanded arange, and all that is
+        # computed from it, into [B, K, M] constants (tens of MB in a .tflite).
+        cells = torch.arange(h * w, device=features.device).reshape(1, 1, h * w)
         feats = features.reshape(b, 1, c, h * w).expand(b, n, c, h * w)
         x = torch.cat([feats, self._relative(cells, w, centers)], 2)
         return self._mlp(params, x).reshape(b, n, h, w)
@@ -169,8 +180,8 @@ class DynamicConvMasks(nn.Module):
     def assemble_at(self, params, features, centers, boxes, index) -> torch.Tensor:
         b, c, h, w = features.shape
         n, m = index.shape[1:]
-        flat = features.reshape(b, 1, c, h * w).expand(b, n, c, h * w)
-        feats = flat.gather(3, index.unsqueeze(2).expand(b, n, c, m))
+        table = features.permute(0, 2, 3, 1).reshape(b * h * w, c)  # one row per cell
+        feats = table[flat_rows(index, h * w)].reshape(b, n, m, c).transpose(2, 3)
         x = torch.cat([feats, self._relative(index, w, centers)], 2)
         return self._mlp(params, x)
 
@@ -228,10 +239,11 @@ class ShapeSaliencyMasks(nn.Module):
         return index, weights, inside
 
     def _paste(self, codes: torch.Tensor, boxes: torch.Tensor, cells: torch.Tensor, width: int) -> torch.Tensor:
-        """codes [B, N, hidden], boxes [B, N, 4], cells [B, N, M] -> shape logits [B, N, M], OUTSIDE off the box."""
+        """codes [B, N, hidden], boxes [B, N, 4], cells [B, N, M] (or [1, 1, M]) -> shape logits [B, N, M], OUTSIDE
+        off the box."""
         shape = self.shape(codes.float())  # [B, N, S*S]
         index, weights, inside = self._corners(boxes, cells, width)
-        picked = shape.gather(-1, index.flatten(-2)).reshape(index.shape)
+        picked = shape.reshape(-1)[flat_rows(index.flatten(0, 1), shape.shape[-1])].reshape(index.shape)
         return torch.where(inside, (picked * weights).sum(-1), self.OUTSIDE)
 
     @staticmethod
@@ -245,13 +257,13 @@ class ShapeSaliencyMasks(nn.Module):
     def assemble(self, params, features, centers=None, boxes=None) -> torch.Tensor:
         b, _, h, w = features.shape
         n = params.shape[1]
-        cells = torch.arange(h * w, device=features.device).expand(b, n, h * w)
+        cells = torch.arange(h * w, device=features.device).reshape(1, 1, h * w)  # broadcast (DynamicConvMasks)
         shape = self._paste(params, boxes, cells, w)
         return self._product(shape, features.reshape(b, 1, h * w)).reshape(b, n, h, w)
 
     def assemble_at(self, params, features, centers, boxes, index) -> torch.Tensor:
         b, _, h, w = features.shape
-        saliency = features.reshape(b, 1, h * w).expand(b, index.shape[1], h * w).gather(2, index)
+        saliency = features.reshape(b * h * w)[flat_rows(index, h * w)]
         return self._product(self._paste(params, boxes, index, w), saliency)
 
     def assemble_cells(self, params, features, centers, boxes, instance, cell) -> torch.Tensor:
