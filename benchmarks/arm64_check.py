@@ -13,7 +13,7 @@ newer release unpacked anywhere (`dpkg-deb -x`) works too.
     apt-get install debootstrap qemu-user
     .venv/bin/python benchmarks/arm64_check.py --setup          # an arm64 Debian 12 tree with Python 3.11 + wheels
 
-Results: benchmarks/results/arm64_check.{json,md}. Work files go to runs/arm64_check.
+Results: benchmarks/results/arm64_check.{json,md} (--results NAME for another model). Work files go to --work.
 """
 
 from __future__ import annotations
@@ -150,6 +150,7 @@ def main() -> int:
     p.add_argument("--qemu", default="qemu-aarch64", help="QEMU 8 or newer, user mode")
     p.add_argument("--cpu", default="cortex-a53", help="the emulated core (QEMU_CPU)")
     p.add_argument("--work", type=Path, default=Path("runs/arm64_check"))
+    p.add_argument("--results", default="arm64_check", help="name of the results files in benchmarks/results")
     p.add_argument("--setup", action="store_true", help="make --root and exit")
     a = p.parse_args()
     if a.setup:
@@ -181,7 +182,7 @@ def write_results(a, rows: dict) -> None:
     version = subprocess.run([a.qemu, "--version"], capture_output=True, text=True).stdout.splitlines()[0]
     result = {"weights": a.weights, "val": a.val, "images": a.images, "cpu": a.cpu, "qemu": version, "graphs": rows}
     out = HERE / "results"
-    (out / "arm64_check.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / f"{a.results}.json").write_text(json.dumps(result, indent=1) + "\n")
     head = "| graph | detections x86-64 / arm64 | unpaired (top score) | pairs: mask IoU mean / min | max score diff |"
     head += " max box diff (px) | mask AP x86-64 / arm64 | box AP x86-64 / arm64 |"
     md = [f"# The ARM path under emulation ({a.cpu}, {version.split(' (')[0]})", "",
@@ -196,7 +197,7 @@ def write_results(a, rows: dict) -> None:
                   f"{r['max_score_diff']:.2g} | {r['max_box_diff_px']:.2g} | "
                   f"{r['native']['mask_ap']:.3f} / {r['arm']['mask_ap']:.3f} | "
                   f"{r['native']['box_ap']:.3f} / {r['arm']['box_ap']:.3f} |")  # fmt: skip
-    (out / "arm64_check.md").write_text("\n".join(md) + "\n")
+    (out / f"{a.results}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 
