@@ -34,13 +34,12 @@ REPO = HERE.parent
 # What `pip install "tinyseg[edge,litert]"` brings on the board, as aarch64 wheels for its Python (3.11).
 EDGE_WHEELS = ["numpy", "opencv-python-headless", "pillow", "pyyaml", "tqdm", "onnxruntime", "ai-edge-litert"]
 PLATFORMS = ["manylinux2014_aarch64", "manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_35_aarch64"]
-# The graphs a board runs: (name, export arguments).
+# The graphs a board runs: name -> (file suffix, export arguments).
 EXPORTS = {
-    "tflite_fp32": ["--format", "tflite"],
-    "tflite_int8_split": ["--format", "tflite", "--int8", "--split"],
-    "onnx_fp32": ["--format", "onnx"],
+    "tflite_fp32": (".tflite", ["--format", "tflite"]),
+    "tflite_int8_split": (".tflite", ["--format", "tflite", "--int8", "--split"]),
+    "onnx_fp32": (".onnx", ["--format", "onnx"]),
 }
-SUFFIX = {"tflite_fp32": ".tflite", "tflite_int8_split": ".tflite", "onnx_fp32": ".onnx"}
 
 
 def setup_root(root: Path) -> None:
@@ -161,8 +160,8 @@ def main() -> int:
     val, source = subset(Path(a.val), a.images, a.work)
     arm, env = arm_python(a)
     rows = {}
-    for name, args in EXPORTS.items():
-        model = a.work / f"{name}{SUFFIX[name]}"
+    for name, (suffix, args) in EXPORTS.items():
+        model = a.work / f"{name}{suffix}"
         if not model.is_file():
             tinyseg("export", "--weights", a.weights, *args, "--calib", a.calib, "--calib-num", "100",
                     "--out", str(model))  # fmt: skip
