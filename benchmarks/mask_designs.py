@@ -34,15 +34,14 @@ DESIGNS = ("prototypes", "condinst", "centermask")
 SYNTH_TRAIN, SYNTH_VAL = 1000, 100
 DECISION = [
     "Default: `prototypes`. On accuracy the designs are level within the run-to-run spread, except CenterMask on the",
-    "synthetic set. Synthetic: prototypes 0.567 / 0.542 mask AP (its two seeds 2.5 points apart), CondInst 0.557",
-    "(seed 0; its seed-1 row is the ReLU run that never learned masks, not yet rerun with leaky units), CenterMask",
-    "0.419 / 0.444. DSB2018, seed 0 of each: CondInst 0.502, prototypes 0.493, CenterMask 0.490 (box AP 0.501,",
-    "0.470, 0.476). Speed decides: prototypes' graph is 4.2x faster than CondInst's (ONNX Runtime FP32, 1 thread:",
-    "5.2 vs 21.9 ms; OpenVINO INT8: 4.1 vs 20.0 ms), because each of K CondInst masks runs a 3-layer MLP over the",
-    "whole stride-2 grid; CenterMask is the slowest to decode (its bilinear paste gathers 4 values per cell per",
-    "mask). With the paper's ReLU, 2 of 5 CondInst runs never learned masks (mask BCE flat at 0.67, every hidden",
-    "unit shut); with leaky units (models/masks.DynamicConvMasks.LEAK) every run has. INT8 moves none of the",
-    "designs by more than 0.002 AP. Both others stay supported (`--set model.mask_head=`).",
+    "synthetic set. Synthetic: CondInst 0.557 / 0.569 mask AP, prototypes 0.567 / 0.542 (its two seeds 2.5 points",
+    "apart), CenterMask 0.419 / 0.444. DSB2018, seed 0 of each (seed 1 to come): CondInst 0.502, prototypes 0.493,",
+    "CenterMask 0.490 (box AP 0.501, 0.470, 0.476). Speed decides: prototypes' graph is 4.2x faster than CondInst's",
+    "(ONNX Runtime FP32, 1 thread: 5.2 vs 21.9 ms; OpenVINO INT8: 4.1 vs 20.0 ms), because each of K CondInst masks",
+    "runs a 3-layer MLP over the whole stride-2 grid; CenterMask is the slowest to decode (its bilinear paste gathers",
+    "4 values per cell per mask). With the paper's ReLU, 2 of 5 CondInst runs never learned masks (mask BCE flat at",
+    "0.67, every hidden unit shut); with leaky units (models/masks.DynamicConvMasks.LEAK) all runs here did. INT8",
+    "moves none of the designs by more than 0.002 AP. Both others stay supported (`--set model.mask_head=`).",
 ]
 
 
