@@ -30,6 +30,19 @@ def test_targets_for_known_boxes():
     assert math.isclose(w[w > 0].sum(), math.log(16 * 32 + 1) + math.log(8 * 8 + 1), rel_tol=1e-4)
 
 
+def test_gaussian_alpha_sets_the_centre_spread():
+    """sigma = alpha * size / 6: at the default a 16x32 box's sigma is 0.5 (the floor) x 0.72 cells at stride 4;
+    at alpha 1.5 it is 1 x 2, so the cell 2 below the centre holds exp(-2^2 / (2 * 2^2)), and more cells carry
+    box samples of the same total weight."""
+    boxes = np.array([[8, 8, 24, 40]], np.float32)
+    narrow = build_targets(np.array([0]), boxes, 80, 4)
+    wide = build_targets(np.array([0]), boxes, 80, 4, alpha=1.5)
+    assert math.isclose(wide["heatmap"][0, 8, 4], math.exp(-0.5), rel_tol=1e-5)
+    assert narrow["heatmap"][0, 8, 4] < 0.05
+    assert (wide["box_weight"] > 0).sum() > (narrow["box_weight"] > 0).sum()
+    assert math.isclose(wide["box_weight"].sum(), math.log(16 * 32 + 1), rel_tol=1e-4)  # same total weight
+
+
 def _tiny_cfg() -> Config:
     cfg = Config()
     cfg.model = preset("nano")

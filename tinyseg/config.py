@@ -140,6 +140,9 @@ class TrainConfig:
     # Validate every N epochs (and always at the end).
     val_interval: int = 5
     out: str = "runs/train"
+    # Width of each object's centre Gaussian: sigma = alpha * box size / 6 (TTFNet's 0.54). Larger spreads the
+    # heatmap and box samples over more cells.
+    gaussian_alpha: float = 0.54
     # Loss weights.
     heatmap_weight: float = 1.0
     class_weight: float = 1.0
@@ -277,6 +280,7 @@ RANGE_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("train.final_lr", _within(0, 1), "in [0, 1]"),
     ("train.ema_decay", _within(0, 1, hi_open=True), "in [0, 1)"),
     ("train.ema_ramp", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
+    ("train.gaussian_alpha", _within(0, 4, lo_open=True), "in (0, 4]"),
     ("train.betas", lambda v: len(v) == 2 and all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     ("train.grad_clip", _within(0, INF, lo_open=True, hi_open=True), "> 0 and finite"),
     ("train.workers", _within(0, 64), "in 0..64"),

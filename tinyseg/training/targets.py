@@ -20,11 +20,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from tinyseg.config import MASK_MARGIN
+from tinyseg.config import MASK_MARGIN, TrainConfig
 from tinyseg.data.dataset import stack_images
 from tinyseg.models.postprocess import crop_cells
 
-GAUSSIAN_ALPHA = 0.54
+GAUSSIAN_ALPHA = TrainConfig.gaussian_alpha  # the default of train.gaussian_alpha
 MIN_SIGMA = 0.5  # cells: a tiny object still gets a peak with a soft shoulder
 
 
@@ -39,8 +39,9 @@ def gaussian_window(cx: int, cy: int, sx: float, sy: float, h: int, w: int):
     return slice(y0, y1), slice(x0, x1), g
 
 
-def build_targets(labels: np.ndarray, boxes: np.ndarray, size: int, stride: int) -> dict:
-    """labels [N] int, boxes [N, 4] xyxy in input pixels -> dense targets on the (size/stride)^2 grid."""
+def build_targets(labels: np.ndarray, boxes: np.ndarray, size: int, stride: int, alpha: float = GAUSSIAN_ALPHA) -> dict:
+    """labels [N] int, boxes [N, 4] xyxy in input pixels -> dense targets on the (size/stride)^2 grid; each
+    object's Gaussian has sigma = alpha * its size / 6."""
     h = w = size // stride
     heat = np.zeros((1, h, w), np.float32)
     box_t = np.zeros((4, h, w), np.float32)
@@ -52,8 +53,8 @@ def build_targets(labels: np.ndarray, boxes: np.ndarray, size: int, stride: int)
         cx = min(max(int((x1 + x2) / 2), 0), w - 1)
         cy = min(max(int((y1 + y2) / 2), 0), h - 1)
         centers[i] = cy * w + cx
-        sx = max(GAUSSIAN_ALPHA * (x2 - x1) / 6, MIN_SIGMA)
-        sy = max(GAUSSIAN_ALPHA * (y2 - y1) / 6, MIN_SIGMA)
+        sx = max(alpha * (x2 - x1) / 6, MIN_SIGMA)
+        sy = max(alpha * (y2 - y1) / 6, MIN_SIGMA)
         ys, xs, g = gaussian_window(cx, cy, sx, sy, h, w)
         hm = heat[0, ys, xs]
         np.maximum(hm, g, out=hm)
@@ -79,8 +80,8 @@ class TrainingCollate:
     largest count with a `valid` flag, and the mask cells as flat lists (mask_instance into B * N, mask_cell,
     mask_value 0..255)."""
 
-    def __init__(self, stride: int, mask_stride: int):
-        self.stride, self.mask_stride = stride, mask_stride
+    def __init__(self, stride: int, mask_stride: int, gaussian_alpha: float = GAUSSIAN_ALPHA):
+        self.stride, self.mask_stride, self.gaussian_alpha = stride, mask_stride, gaussian_alpha
 
     def __call__(self, batch: list) -> tuple[torch.Tensor, dict]:
         images = stack_images(batch)
@@ -95,7 +96,7 @@ class TrainingCollate:
         return images, out
 
     def _image_targets(self, sample: dict, size: int) -> dict:
-        t = build_targets(sample["labels"].numpy(), sample["boxes"].numpy(), size, self.stride)
+        t = build_targets(sample["labels"].numpy(), sample["boxes"].numpy(), size, self.stride, self.gaussian_alpha)
         sel = sample["mask_index"]
         g, r = size // self.stride, self.stride // self.mask_stride
         ignore = sample["crowd"].reshape(g, r, g, r).amax((1, 3)) > 0

@@ -100,7 +100,7 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     loader = DataLoader(
         train_ds,
         batch_sampler=sampler,
-        collate_fn=TrainingCollate(model.stride, model.mask_stride),
+        collate_fn=TrainingCollate(model.stride, model.mask_stride, tc.gaussian_alpha),
         num_workers=tc.workers,
         persistent_workers=tc.workers > 0,
         pin_memory=device.startswith("cuda"),
