@@ -33,13 +33,14 @@ RESULTS = HERE / "results" / "mask_designs.json"
 DESIGNS = ("prototypes", "condinst", "centermask")
 SYNTH_TRAIN, SYNTH_VAL = 1000, 100
 DECISION = [
-    "Default: `prototypes`. On accuracy the designs are level within the run-to-run spread, except CenterMask on the",
-    "synthetic set. Synthetic: CondInst 0.557 / 0.569 mask AP, prototypes 0.567 / 0.542 (its two seeds 2.5 points",
-    "apart), CenterMask 0.419 / 0.444. DSB2018, seed 0 of each (seed 1 to come): CondInst 0.502, prototypes 0.493,",
-    "CenterMask 0.490 (box AP 0.501, 0.470, 0.476). Speed decides: prototypes' graph is 4.2x faster than CondInst's",
-    "(ONNX Runtime FP32, 1 thread: 5.2 vs 21.9 ms; OpenVINO INT8: 4.1 vs 20.0 ms), because each of K CondInst masks",
-    "runs a 3-layer MLP over the whole stride-2 grid; CenterMask is the slowest to decode (its bilinear paste gathers",
-    "4 values per cell per mask). With the paper's ReLU, 2 of 5 CondInst runs never learned masks (mask BCE flat at",
+    "Default: `prototypes`. Synthetic: CondInst 0.557 / 0.569 mask AP, prototypes 0.567 / 0.542 (its two seeds 2.5",
+    "points apart), CenterMask 0.419 / 0.444. DSB2018: CondInst 0.502 / 0.501, prototypes 0.493 / 0.497, CenterMask",
+    "0.490 / 0.483 (box AP 0.501 / 0.498, 0.470 / 0.478, 0.476 / 0.469). Prototypes and CondInst are level on the",
+    "synthetic set; on dense nuclei CondInst leads by 0.7 mask AP and 2.5 box AP, more than its seeds' spread (0.1)",
+    "but small; CenterMask trails on both. Speed decides: prototypes' graph is 4.2x faster than CondInst's (ONNX",
+    "Runtime FP32, 1 thread: 5.2 vs 21.9 ms; OpenVINO INT8: 4.1 vs 20.0 ms), because each of K CondInst masks runs a",
+    "3-layer MLP over the whole stride-2 grid; CenterMask is the slowest to decode (its bilinear paste gathers 4",
+    "values per cell per mask). With the paper's ReLU, 2 of 5 CondInst runs never learned masks (mask BCE flat at",
     "0.67, every hidden unit shut); with leaky units (models/masks.DynamicConvMasks.LEAK) all runs here did. INT8",
     "moves none of the designs by more than 0.002 AP. Both others stay supported (`--set model.mask_head=`).",
 ]
