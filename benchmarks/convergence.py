@@ -11,9 +11,8 @@ minutes. A run's result then does not depend on what else the machine did meanwh
 A dataset's rate is the median over its configurations: measured one by one, configurations with the very same
 per-step work differed by up to 30%, more than the augmentations' own cost, so per-configuration budgets would
 have measured the noise. Each configuration's own rate is still listed; another network (`small`) is budgeted by
-its own. Each run is a separate training with
-its schedule fitted to its budget (what a user who picks that budget gets), not a snapshot of a longer run; a
-run cut off by a stopped session continues from its last epoch.
+its own. Each run is a separate training with its schedule fitted to its budget (what a user who picks that
+budget gets), not a snapshot of a longer run; a run cut off by a stopped session continues from its last epoch.
 
 Stages (each skips what an earlier call finished): rates (needs the machine to itself: a rate measured beside
 another job is too low, and so would be the budget), train, table. Results: benchmarks/results/
