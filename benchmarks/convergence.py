@@ -27,7 +27,7 @@ import json
 from pathlib import Path
 from statistics import median
 
-from common import read_json, tinyseg
+from common import read_json, tinyseg, train_or_resume
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "convergence"
@@ -116,11 +116,8 @@ def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[s
     n_train = len(json.loads(Path(data["train"]).read_text())["images"])
     epochs = max(1, round(minutes * 60 * rate / n_train))
     overrides = [*overrides, f"model.max_det={data['max_det']}", "train.val_interval=1000"]
-    if (out / "last.pt").is_file():
-        tinyseg("train", "--resume", str(out))
-    else:
-        tinyseg("train", "--train", data["train"], "--val", data["val"], "--epochs", str(epochs), "--out", str(out),
-                "--seed", str(seed), "--model", NETWORKS.get(name, "nano"), "--set", *overrides)  # fmt: skip
+    train_or_resume(out, "--train", data["train"], "--val", data["val"], "--epochs", str(epochs), "--seed", str(seed),
+                    "--model", NETWORKS.get(name, "nano"), "--set", *overrides)  # fmt: skip
     tinyseg("eval", "--weights", str(out / "best.pt"), "--val", data["val"], "--max-det", str(data["max_det"]),
             "--json", str(out / "metrics.json"))  # fmt: skip
     m = read_json(out / "metrics.json")
@@ -198,13 +195,14 @@ def main() -> int:
     plan += [(n, o, a.ablation_minutes) for n, o in configs([x for x in a.ablations.split(",") if x]).items()]
     if a.stage in ("all", "rates", "train"):
         every = configs(["default", "baseline", *ABLATIONS])  # always all, so a subset gets the same budgets
-        rates = {d: median([measure_rate(work, data[d], d, n, o) for n, o in every.items()]) for d in data}
-        rates.update({(d, n): measure_rate(work, data[d], d, n, o) for d in data for n, o, _ in plan if n in NETWORKS})
+        medians = {d: median([measure_rate(work, data[d], d, n, o) for n, o in every.items()]) for d in data}
+        rates = {(d, n): measure_rate(work, data[d], d, n, o) if n in NETWORKS else medians[d]
+                 for d in data for n, o, _ in plan}  # fmt: skip
     if a.stage in ("all", "train"):
         for seed in (int(s) for s in a.seeds.split(",")):
             for d in data:
                 for name, overrides, minutes in plan:
-                    train_run(work, data[d], d, name, overrides, minutes, seed, rates.get((d, name), rates[d]))
+                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)])
     if a.stage in ("all", "table"):
         write_results(*merged_results(work), RESULTS)
     return 0

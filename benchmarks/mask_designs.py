@@ -26,7 +26,7 @@ import platform
 import sys
 from pathlib import Path
 
-from common import read_json, tinyseg
+from common import read_json, tinyseg, train_or_resume
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "mask_designs.json"
@@ -77,12 +77,9 @@ def train_run(work: Path, dataset: str, files: dict, design: str, seed: int, epo
     done = read_json(out / "result.json")
     if done:
         return done
-    if (out / "last.pt").is_file():  # a run cut off by a stopped session continues exactly where it was
-        tinyseg("train", "--resume", str(out))
-    else:
-        args = ["train", "--train", files["train"], "--val", files["val"], "--epochs", str(epochs), "--out", str(out)]
-        args += ["--seed", str(seed), "--set", f"model.mask_head={design}", f"model.max_det={max_det}"]
-        tinyseg(*args, "train.val_interval=1000")
+    train_or_resume(out, "--train", files["train"], "--val", files["val"], "--epochs", str(epochs), "--seed",
+                    str(seed), "--set", f"model.mask_head={design}", f"model.max_det={max_det}",
+                    "train.val_interval=1000")  # fmt: skip
     tinyseg("eval", "--weights", str(out / "best.pt"), "--val", files["val"], "--max-det", str(max_det),
             "--json", str(out / "metrics.json"))  # fmt: skip
     rows = list(csv.DictReader(open(out / "metrics.csv")))
