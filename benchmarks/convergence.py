@@ -138,7 +138,7 @@ def merged_results(work: Path) -> tuple[list[dict], dict]:
     return sorted(runs.values(), key=key), {**old.get("rates", {}), **(read_json(work / "rates.json") or {})}
 
 
-def write_results(runs: list[dict], rates: dict, out: Path) -> None:
+def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: float) -> None:
     """convergence.json (every run), .md (mean, gain over the baseline at the same budget, each seed's AP, what
     each configuration changes) and .png (AP against minutes)."""
     out.with_suffix(".json").write_text(json.dumps({"runs": runs, "rates": rates}, indent=1))
@@ -166,25 +166,37 @@ def write_results(runs: list[dict], rates: dict, out: Path) -> None:
     lines += ["", f"Baseline: {', '.join(BASELINE)}.", "", note, "", "| dataset/config | images/s |", "|---|---|"]
     lines += [f"| {k} | {v:.1f} |" for k, v in sorted(rates.items())]
     out.with_suffix(".md").write_text("# Convergence: mask AP against CPU minutes\n\n" + "\n".join(lines) + "\n")
-    plot({k: list(v.values()) for k, v in cells.items()}, out.with_suffix(".png"))
+    plot({k: list(v.values()) for k, v in cells.items()}, out.with_suffix(".png"), ablation_minutes)
 
 
-def plot(cells: dict[tuple, list[float]], path: Path) -> None:
+def plot(cells: dict[tuple, list[float]], path: Path, ablation_minutes: float = 20.0) -> None:
+    """Per dataset: AP against minutes for the configurations run at several budgets (top), and each
+    configuration's AP at the ablation budget as a bar with its seeds' range, the baseline as a line (bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     sets = sorted({k[0] for k in cells})
-    fig, axes = plt.subplots(1, len(sets), figsize=(5 * len(sets), 4), squeeze=False)
-    for ax, dataset in zip(axes[0], sets):
+    fig, axes = plt.subplots(2, len(sets), figsize=(5.5 * len(sets), 8), squeeze=False)
+    for top, bottom, dataset in zip(axes[0], axes[1], sets):
         for config in sorted({k[1] for k in cells if k[0] == dataset}):
             pts = sorted((k[2], v) for k, v in cells.items() if k[:2] == (dataset, config))
             xs = [p[0] for p in pts]
-            ax.plot(xs, [sum(v) / len(v) for _, v in pts], "o-" if len(xs) > 1 else "s", label=config)
-            ax.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], alpha=0.2)
-        ax.set(title=dataset, xlabel="CPU minutes (2 cores)", ylabel="mask AP", xscale="log")
-        ax.legend(fontsize=8)
+            top.plot(xs, [sum(v) / len(v) for _, v in pts], "o-", label=config)
+            top.fill_between(xs, [min(v) for _, v in pts], [max(v) for _, v in pts], alpha=0.2)
+        top.set(title=dataset, xlabel="CPU minutes (2 cores)", ylabel="mask AP", xscale="log")
+        top.legend(fontsize=8)
+        bars = sorted((k[1], v) for k, v in cells.items() if k[0] == dataset and k[2] == ablation_minutes)
+        means = [sum(v) / len(v) for _, v in bars]
+        spread = [[m - min(v) for m, (_, v) in zip(means, bars)], [max(v) - m for m, (_, v) in zip(means, bars)]]
+        bottom.barh([b[0] for b in bars], means, xerr=spread, color="tab:blue", alpha=0.7)
+        for config, v in bars:
+            if config == "baseline":
+                bottom.axvline(sum(v) / len(v), color="k", lw=1, ls="--")
+        lo, hi = min(min(v) for _, v in bars), max(max(v) for _, v in bars)
+        bottom.set(xlim=(lo - 0.1 * (hi - lo) - 0.01, hi + 0.1 * (hi - lo) + 0.01),
+                   xlabel=f"mask AP at {ablation_minutes:g} CPU minutes (bar: mean, line: seed range)")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 
@@ -222,7 +234,7 @@ def main() -> int:
                 for name, overrides, minutes in plan:
                     train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)])
     if a.stage in ("all", "table"):
-        write_results(*merged_results(work), RESULTS)
+        write_results(*merged_results(work), RESULTS, a.ablation_minutes)
     return 0
 
 
