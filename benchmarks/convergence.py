@@ -78,10 +78,11 @@ def datasets(a, work: Path) -> dict[str, dict]:
 
 
 def configs(names: list[str]) -> dict[str, list[str]]:
-    """Name -> --set overrides: "default" is whatever the defaults are now, "baseline" the frozen ones."""
+    """Name -> --set overrides: "default" is whatever the defaults are now, "baseline" the frozen ones (an empty
+    name, as in `--curves ''`, is skipped)."""
     changes = {**ABLATIONS, **TUNING, **{k: [] for k in NETWORKS}}
     table = {"default": [], "baseline": BASELINE, **{k: BASELINE + v for k, v in changes.items()}}
-    return {n: table[n] for n in names}
+    return {n: table[n] for n in names if n}
 
 
 def measure_rate(work: Path, data: dict, dataset: str, name: str, overrides: list[str]) -> float:
@@ -169,7 +170,7 @@ def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: fl
     plot({k: list(v.values()) for k, v in cells.items()}, out.with_suffix(".png"), ablation_minutes)
 
 
-def plot(cells: dict[tuple, list[float]], path: Path, ablation_minutes: float = 20.0) -> None:
+def plot(cells: dict[tuple, list[float]], path: Path, ablation_minutes: float) -> None:
     """Per dataset: AP against minutes for the configurations run at several budgets (top), and each
     configuration's AP at the ablation budget as a bar with its seeds' range, the baseline as a line (bottom)."""
     import matplotlib
@@ -188,12 +189,13 @@ def plot(cells: dict[tuple, list[float]], path: Path, ablation_minutes: float = 
         top.set(title=dataset, xlabel="CPU minutes (2 cores)", ylabel="mask AP", xscale="log")
         top.legend(fontsize=8)
         bars = sorted((k[1], v) for k, v in cells.items() if k[0] == dataset and k[2] == ablation_minutes)
+        if not bars:
+            continue
         means = [sum(v) / len(v) for _, v in bars]
         spread = [[m - min(v) for m, (_, v) in zip(means, bars)], [max(v) - m for m, (_, v) in zip(means, bars)]]
         bottom.barh([b[0] for b in bars], means, xerr=spread, color="tab:blue", alpha=0.7)
-        for config, v in bars:
-            if config == "baseline":
-                bottom.axvline(sum(v) / len(v), color="k", lw=1, ls="--")
+        if base := dict(bars).get("baseline"):
+            bottom.axvline(sum(base) / len(base), color="k", lw=1, ls="--")
         lo, hi = min(min(v) for _, v in bars), max(max(v) for _, v in bars)
         bottom.set(xlim=(lo - 0.1 * (hi - lo) - 0.01, hi + 0.1 * (hi - lo) + 0.01),
                    xlabel=f"mask AP at {ablation_minutes:g} CPU minutes (bar: mean, line: seed range)")  # fmt: skip
@@ -217,12 +219,8 @@ def main() -> int:
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     data = {k: v for k, v in datasets(a, work).items() if k in a.sets.split(",")}
-    plan = [
-        (n, o, float(m))
-        for n, o in configs([x for x in a.curves.split(",") if x]).items()
-        for m in a.minutes.split(",")
-    ]
-    plan += [(n, o, a.ablation_minutes) for n, o in configs([x for x in a.ablations.split(",") if x]).items()]
+    plan = [(n, o, float(m)) for n, o in configs(a.curves.split(",")).items() for m in a.minutes.split(",")]
+    plan += [(n, o, a.ablation_minutes) for n, o in configs(a.ablations.split(",")).items()]
     if a.stage in ("all", "rates", "train"):
         every = configs(["default", "baseline", *ABLATIONS])  # always all, so a subset gets the same budgets
         medians = {d: median([measure_rate(work, data[d], d, n, o) for n, o in every.items()]) for d in data}
