@@ -149,12 +149,10 @@ def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: fl
     mean = {k: sum(v.values()) / len(v) for k, v in cells.items()}
     lines = ["| dataset | config | CPU min | mask AP (mean) | vs baseline | each seed |", "|---|---|---|---|---|---|"]
     for (dataset, config, minutes), by_seed in sorted(cells.items()):
-        base = mean.get((dataset, "baseline", minutes))
-        gain = f"{mean[(dataset, config, minutes)] - base:+.3f}" if base and config != "baseline" else ""
-        each = " / ".join(f"s{s} {ap:.3f}" for s, ap in sorted(by_seed.items()))
-        lines.append(
-            f"| {dataset} | {config} | {minutes:g} | {mean[(dataset, config, minutes)]:.3f} | {gain} | {each} |"
-        )
+        ap, base = mean[(dataset, config, minutes)], mean.get((dataset, "baseline", minutes))
+        gain = f"{ap - base:+.3f}" if base is not None and config != "baseline" else ""
+        each = " / ".join(f"s{s} {v:.3f}" for s, v in sorted(by_seed.items()))
+        lines.append(f"| {dataset} | {config} | {minutes:g} | {ap:.3f} | {gain} | {each} |")
     lines += [
         "",
         "`baseline`: the defaults before sided classes and photo-grade augmentation; `default`: today's",
