@@ -86,6 +86,27 @@ def tiny_run(synth, tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def spread_ckpt(tiny_run, tmp_path_factory) -> Path:
+    """The tiny run's checkpoint with its heatmap logits spread out and objectness lifted. After a few steps
+    every score sits near the 0.01 prior, and which of equal scores makes the top-K is arbitrary; spread scores
+    make the export parity checks about the graph, not about tie-breaking. The lift keeps the best scores
+    (objectness x class probability, at least 1 / classes) above the parity threshold however the few training
+    steps rounded (bf16 or fp32)."""
+    import torch
+
+    from tinyseg.checkpoint import load_checkpoint, save_checkpoint
+
+    ck = load_checkpoint(tiny_run / "best.pt")
+    g = torch.Generator().manual_seed(0)
+    w, b = ck["model"]["heatmap.out.weight"], ck["model"]["heatmap.out.bias"]
+    ck["model"]["heatmap.out.weight"] = torch.randn(w.shape, generator=g) * 0.5
+    ck["model"]["heatmap.out.bias"] = torch.zeros_like(b).index_fill_(0, torch.tensor([0]), 2.0)
+    path = tmp_path_factory.mktemp("ckpt") / "spread.pt"
+    save_checkpoint(ck, path)
+    return path
+
+
 def square_batch(n_objects: int, size: int = 64, num_classes: int = 2):
     """A training batch through TrainingCollate: n_objects 6x6 squares (class alternating) in image 0 and none
     in image 1, as the dataset would sample them (masks at stride 2, no crowd)."""

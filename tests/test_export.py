@@ -22,27 +22,8 @@ from tinyseg.tools.cli import main
 
 
 @pytest.fixture(scope="module")
-def ckpt(tiny_run, tmp_path_factory):
-    """The tiny run's checkpoint with its heatmap logits spread out. After a few steps every score sits near
-    the 0.01 prior, and which of equal scores makes the top-K is arbitrary; spread scores make the parity
-    checks about the graph, not about tie-breaking."""
-    import torch
-
-    from tinyseg.checkpoint import load_checkpoint, save_checkpoint
-
-    ck = load_checkpoint(tiny_run / "best.pt")
-    g = torch.Generator().manual_seed(0)
-    w = ck["model"]["heatmap.out.weight"]
-    ck["model"]["heatmap.out.weight"] = torch.randn(w.shape, generator=g) * 0.5
-    ck["model"]["heatmap.out.bias"] = torch.zeros_like(ck["model"]["heatmap.out.bias"])
-    path = tmp_path_factory.mktemp("ckpt") / "spread.pt"
-    save_checkpoint(ck, path)
-    return path
-
-
-@pytest.fixture(scope="module")
-def seg(ckpt):
-    return Segmenter.load(ckpt)
+def seg(spread_ckpt):
+    return Segmenter.load(spread_ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -270,8 +251,8 @@ def test_missing_backend_names_the_extra(onnx_path):
     assert res.returncode == 2 and "pip install 'tinyseg[edge]'" in res.stderr, res.stderr
 
 
-def test_export_command_verifies_itself(ckpt, synth, tmp_path, capsys):
-    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0
+def test_export_command_verifies_itself(spread_ckpt, synth, tmp_path, capsys):
+    assert main(["export", "--weights", str(spread_ckpt), "--format", "onnx", "--out", str(tmp_path / "x.onnx")]) == 0
     out = capsys.readouterr().out
     assert "parity vs PyTorch: OK" in out and (tmp_path / "x.onnx").is_file()
     assert " 0 detections" not in out  # it compared real detections
@@ -290,18 +271,18 @@ def test_export_command_verifies_itself(ckpt, synth, tmp_path, capsys):
         == 0
     )
     assert json.loads((tmp_path / "m.json").read_text())["num_images"] == 8
-    assert main(["export", "--weights", str(ckpt), "--format", "onnx", "--int8"]) == 2
+    assert main(["export", "--weights", str(spread_ckpt), "--format", "onnx", "--int8"]) == 2
     assert "--int8 needs calibration images" in capsys.readouterr().err
 
 
-def test_bench_prints_the_zoo_row(ckpt, synth, tmp_path, capsys):
+def test_bench_prints_the_zoo_row(spread_ckpt, synth, tmp_path, capsys):
     md = tmp_path / "bench.md"
     assert (
         main(
             [
                 "bench",
                 "--weights",
-                str(ckpt),
+                str(spread_ckpt),
                 "--val",
                 str(synth / "val.json"),
                 "--imgsz",
@@ -352,11 +333,11 @@ def test_node_names_the_export_relies_on_exist(seg, onnx_path):
     assert nodes["keep_float"][0] == "/model/heatmap/out/" and "/model/mask/Add" in nodes["keep_float"]
 
 
-def test_predict_json_uses_the_datasets_category_ids(ckpt, onnx_path, synth, tmp_path):
+def test_predict_json_uses_the_datasets_category_ids(spread_ckpt, onnx_path, synth, tmp_path):
     """COCO results carry the dataset's own category ids, from the checkpoint and from an exported model."""
     from tinyseg.checkpoint import load_checkpoint, save_checkpoint
 
-    ck = load_checkpoint(ckpt)
+    ck = load_checkpoint(spread_ckpt)
     ck["cat_ids"] = [10, 20, 30, 40, 50, 60]
     save_checkpoint(ck, tmp_path / "ids.pt")
     assert (

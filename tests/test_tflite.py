@@ -22,15 +22,8 @@ TAIL_OPS = {"TOPK_V2", "GATHER_ND", "GATHER", "BATCH_MATMUL", "CAST", "FLOOR_MOD
 
 
 @pytest.fixture(scope="module")
-def seg(tiny_run):
-    """The tiny run's model with spread heatmap logits (test_export.ckpt says why)."""
-    import torch
-
-    s = Segmenter.load(tiny_run / "best.pt")
-    torch.manual_seed(0)
-    torch.nn.init.normal_(s.model.heatmap.out.weight, std=0.5)
-    torch.nn.init.zeros_(s.model.heatmap.out.bias)
-    return s
+def seg(spread_ckpt):
+    return Segmenter.load(spread_ckpt)
 
 
 @pytest.fixture(scope="module")

@@ -58,11 +58,17 @@ def test_checkpoint_alone_predicts_same_outputs(run, synth, tmp_path):
 
 def test_resume_continues_from_same_step(synth, tmp_path, monkeypatch):
     """A 3-epoch run that crashes after epoch 2 and is resumed ends with the same weights as one that never
-    stopped (exact resume: optimiser, EMA, schedule, sampler and augmentation all continue)."""
+    stopped (exact resume: optimiser, EMA, schedule, sampler and augmentation all continue). Deterministic
+    kernels: on a busy CPU oneDNN's fastest ones add up in a varying order, and Adam's first steps magnify that."""
     import tinyseg.training.trainer as tr
 
+    def cfg(out):
+        c = _cfg(synth, out, epochs=3)
+        c.train.deterministic = True
+        return c
+
     a = tmp_path / "a"
-    tr.train(_cfg(synth, a, epochs=3), show_progress=False)
+    tr.train(cfg(a), show_progress=False)
 
     saves = {"n": 0}
     real_save = tr.save_checkpoint
@@ -77,7 +83,7 @@ def test_resume_continues_from_same_step(synth, tmp_path, monkeypatch):
     b = tmp_path / "b"
     monkeypatch.setattr(tr, "save_checkpoint", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tr.train(_cfg(synth, b, epochs=3), show_progress=False)
+        tr.train(cfg(b), show_progress=False)
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
     assert torch.load(b / "last.pt", weights_only=True)["train_state"]["step"] == 6
     summary = tr.train(Config(), resume=str(b), show_progress=False)

@@ -131,6 +131,10 @@ class TrainConfig:
     # A collective that waits longer than this (minutes) ends a distributed run instead of hanging it.
     dist_timeout: float = 10.0
     seed: int = 0
+    # Bit-identical runs: the same weights from the same seed, and a resumed run the very weights of one never
+    # stopped. Off by default: some of oneDNN's and cuDNN's fastest kernels add up in whatever order their
+    # threads finish (on a busy CPU too), and the deterministic ones cost about a tenth of the speed.
+    deterministic: bool = False
     device: str = "cpu"
     # fp16 mixed precision on CUDA.
     amp: bool = True

@@ -9,6 +9,7 @@ elapsed time, RNG).
 from __future__ import annotations
 
 import csv
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -86,6 +87,7 @@ def setup(cfg: Config, resume: str | None = None, show_progress: bool = True) ->
     procs = _check_processes(cfg)
     device = local_device(tc.device, procs)
     torch.manual_seed(tc.seed)
+    _set_determinism(tc.deterministic)
     train_ds, val_ds = _datasets(cfg, show_progress and procs.main)
     if procs.main:
         write_text(cfg.to_yaml(), out / "config.yaml")
@@ -261,6 +263,13 @@ def _restore(ckpt: dict, model: TinySeg, opt: Optimization) -> Progress:
     return Progress(state["epoch"], state["step"], state["elapsed"], state["best_ap"], state["history"])
 
 
+def _set_determinism(on: bool) -> None:
+    """Deterministic kernels everywhere (train.deterministic), or PyTorch's fastest."""
+    if on:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # cuBLAS's condition for repeatable GEMMs
+    torch.use_deterministic_algorithms(on, warn_only=True)
+
+
 def _optimization(model: TinySeg, cfg: Config) -> Optimization:
     tc = cfg.train
     optimizer = torch.optim.AdamW(param_groups(model, tc.weight_decay), lr=tc.lr, betas=tuple(tc.betas))
@@ -269,7 +278,7 @@ def _optimization(model: TinySeg, cfg: Config) -> Optimization:
     if tc.amp and amp_supported(tc.device, tc.cpu_bf16):
         cuda_bf16 = tc.device.startswith("cuda") and torch.cuda.is_bf16_supported()
         amp_dtype = torch.bfloat16 if cuda_bf16 or not tc.device.startswith("cuda") else torch.float16
-    if tc.device.startswith("cuda"):
+    if tc.device.startswith("cuda") and not tc.deterministic:
         torch.backends.cudnn.benchmark = True  # fixed input size: let cuDNN pick its fastest kernels once
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
     opts = (tc.lr, tc.warmup, tc.final_lr, tc.grad_clip, amp_dtype, scaler, tc.accumulate)
