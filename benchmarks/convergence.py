@@ -30,6 +30,8 @@ from statistics import median
 
 from common import read_json, tinyseg, train_or_resume
 
+from tinyseg.training.trainer import amp_supported
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "results" / "convergence"
 PHOTO_TRAIN, PHOTO_VAL = 1000, 200
@@ -135,7 +137,8 @@ def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[s
             "--json", str(out / "metrics.json"))  # fmt: skip
     m = read_json(out / "metrics.json")
     result = {"dataset": dataset, "config": name, "minutes": minutes, "seed": seed, "epochs": epochs,
-              "mask_ap": m["mask_ap"], "mask_ap50": m.get("mask_ap50"), "box_ap": m["box_ap"]}  # fmt: skip
+              "mask_ap": m["mask_ap"], "mask_ap50": m.get("mask_ap50"), "box_ap": m["box_ap"],
+              "precision": "bf16" if amp_supported("cpu", cpu_bf16=True) else "fp32"}  # fmt: skip
     (out / "result.json").write_text(json.dumps(result, indent=1))
     print(f"{dataset} {name} {minutes:g} min seed {seed}: mask AP {m['mask_ap']:.3f}", flush=True)
     return result
@@ -156,15 +159,21 @@ def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: fl
     each configuration changes) and .png (AP against minutes)."""
     out.with_suffix(".json").write_text(json.dumps({"runs": runs, "rates": rates}, indent=1))
     cells: dict[tuple, dict[int, float]] = {}
+    fp32 = set()
     for r in runs:
         cells.setdefault((r["dataset"], r["config"], r["minutes"]), {})[r["seed"]] = r["mask_ap"]
+        if r.get("precision", "bf16") == "fp32":
+            fp32.add((r["dataset"], r["config"], r["minutes"], r["seed"]))
     mean = {k: sum(v.values()) / len(v) for k, v in cells.items()}
     lines = ["| dataset | config | CPU min | mask AP (mean) | vs baseline | each seed |", "|---|---|---|---|---|---|"]
     for (dataset, config, minutes), by_seed in sorted(cells.items()):
         ap, base = mean[(dataset, config, minutes)], mean.get((dataset, "baseline", minutes))
         gain = f"{ap - base:+.3f}" if base is not None and config != "baseline" else ""
-        each = " / ".join(f"s{s} {v:.3f}" for s, v in sorted(by_seed.items()))
+        mark = {s: "†" if (dataset, config, minutes, s) in fp32 else "" for s in by_seed}
+        each = " / ".join(f"s{s} {v:.3f}{mark[s]}" for s, v in sorted(by_seed.items()))
         lines.append(f"| {dataset} | {config} | {minutes:g} | {ap:.3f} | {gain} | {each} |")
+    if fp32:
+        lines += ["", "†: trained in fp32 (a CPU without native bf16), the others under bf16 autocast; same steps."]
     lines += [
         "",
         "`baseline`: the defaults before sided classes and photo-grade augmentation; `default`: today's",

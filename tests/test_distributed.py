@@ -15,8 +15,10 @@ import torch
 
 from tinyseg.checkpoint import load_checkpoint
 
-# Exact arithmetic for the comparisons (no bf16 autocast), one thread per process (2 processes on 2 cores).
-COMMON = ["--imgsz", "128", "--batch", "8", "--workers", "0", "--seed", "0", "--set", "train.cpu_bf16=false"]
+# Exact arithmetic for the comparisons (no bf16 autocast, deterministic kernels), one thread per process (2
+# processes on 2 cores).
+COMMON = ["--imgsz", "128", "--batch", "8", "--workers", "0", "--seed", "0"]
+COMMON += ["--set", "train.cpu_bf16=false", "train.deterministic=true"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
