@@ -133,7 +133,7 @@ class TrainConfig:
     seed: int = 0
     # Bit-identical runs: the same weights from the same seed, and a resumed run the very weights of one never
     # stopped. Off by default: some of oneDNN's and cuDNN's fastest kernels add up in whatever order their
-    # threads finish (on a busy CPU too), and the deterministic ones cost about a tenth of the speed.
+    # threads finish (on a busy CPU too), and the deterministic ones are slower.
     deterministic: bool = False
     device: str = "cpu"
     # fp16 mixed precision on CUDA.
