@@ -13,8 +13,9 @@ from tinyseg.predict import Segmenter
 from tinyseg.tools.cli import main
 
 
-def _cfg(synth, out, epochs=2) -> Config:
+def _cfg(synth, out, epochs=2, deterministic=False) -> Config:
     cfg = Config()
+    cfg.train.deterministic = deterministic
     cfg.model = preset("nano")
     cfg.data.train, cfg.data.val, cfg.data.imgsz = str(synth / "train.json"), str(synth / "val.json"), 128
     cfg.train.epochs, cfg.train.batch, cfg.train.workers, cfg.train.out = epochs, 8, 0, str(out)
@@ -62,13 +63,8 @@ def test_resume_continues_from_same_step(synth, tmp_path, monkeypatch):
     kernels: on a busy CPU oneDNN's fastest ones add up in a varying order, and Adam's first steps magnify that."""
     import tinyseg.training.trainer as tr
 
-    def cfg(out):
-        c = _cfg(synth, out, epochs=3)
-        c.train.deterministic = True
-        return c
-
     a = tmp_path / "a"
-    tr.train(cfg(a), show_progress=False)
+    tr.train(_cfg(synth, a, epochs=3, deterministic=True), show_progress=False)
 
     saves = {"n": 0}
     real_save = tr.save_checkpoint
@@ -83,7 +79,7 @@ def test_resume_continues_from_same_step(synth, tmp_path, monkeypatch):
     b = tmp_path / "b"
     monkeypatch.setattr(tr, "save_checkpoint", crash_after_second_epoch)
     with pytest.raises(KeyboardInterrupt):
-        tr.train(cfg(b), show_progress=False)
+        tr.train(_cfg(synth, b, epochs=3, deterministic=True), show_progress=False)
     monkeypatch.setattr(tr, "save_checkpoint", real_save)
     assert torch.load(b / "last.pt", weights_only=True)["train_state"]["step"] == 6
     summary = tr.train(Config(), resume=str(b), show_progress=False)
