@@ -63,6 +63,7 @@ TUNING = {
     "batch_16": ["train.batch=16"],
     "gaussian_1.0": ["train.gaussian_alpha=1.0"],
     "mask_weight_4": ["train.mask_weight=4"],
+    "wd_0.01": ["train.weight_decay=0.01"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}
