@@ -18,6 +18,7 @@ def test_pairs_from_names_as_people_write_them():
     assert flip_map(len(names), flip_pairs(names)) == (0, 2, 1, 4, 3, 5, 7, 6)
     with pytest.warns(DataWarning, match=r"\['left_only'\] look sided"):
         assert flip_pairs(["left_only", "hood"]) == []
+    assert flip_pairs(["leftfoot", "leftover", "rightfoot", "rightsizer"]) == [(0, 2)]
     assert flip_pairs(["a", "b", "c"], (("a", "c"),)) == [(0, 2)]
     with pytest.raises(ConfigError, match="not a pair of class names"):
         flip_pairs(["a", "b"], (("a", "z"),))

@@ -1,6 +1,7 @@
 """Sided classes: a horizontal flip turns a left door into a right one, so the flip must swap their labels, or
 half the time the model is taught the wrong side. Pairs come from the class names (left/right, l/r as whole
-words, in any case and with any of the usual separators) or are given as data.flip_pairs."""
+words, in any case and with any of the usual separators; 'leftfoot' / 'rightfoot' when both exist) or are given as
+data.flip_pairs."""
 
 from __future__ import annotations
 
@@ -18,8 +19,18 @@ def _words(name: str) -> list[str]:
     return [w for w in re.split(r"[\s_\-.:/]+", spaced.lower()) if w]
 
 
+def _mirrored_word(word: str) -> str:
+    """'left' -> 'right', 'l' -> 'r', and a side run into the word: 'leftfoot' -> 'rightfoot'."""
+    if word in SIDES:
+        return SIDES[word]
+    for side in ("left", "right"):
+        if word.startswith(side):
+            return SIDES[side] + word[len(side) :]
+    return word
+
+
 def _mirrored(words: list[str]) -> list[str]:
-    return [SIDES.get(w, w) for w in words]
+    return [_mirrored_word(w) for w in words]
 
 
 def flip_pairs(class_names: list[str], given: tuple[tuple[str, ...], ...] = ()) -> list[tuple[int, int]]:
@@ -35,11 +46,14 @@ def flip_pairs(class_names: list[str], given: tuple[tuple[str, ...], ...] = ()) 
     pairs, lonely = [], []
     for i, name in enumerate(class_names):
         words = _words(name)
-        if not any(w in SIDES for w in words):
+        mirrored = _mirrored(words)
+        if mirrored == words:
             continue
-        j = by_words.get(tuple(_mirrored(words)))
+        j = by_words.get(tuple(mirrored))
         if j is None or j == i:
-            lonely.append(name)
+            # A side run into a word pairs only with its partner: alone, 'leftover' is no side.
+            if any(w in SIDES for w in words):
+                lonely.append(name)
         elif i < j:
             pairs.append((i, j))
     if lonely:
