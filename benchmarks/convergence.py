@@ -64,6 +64,7 @@ TUNING = {
     "gaussian_1.0": ["train.gaussian_alpha=1.0"],
     "mask_weight_4": ["train.mask_weight=4"],
     "wd_0.01": ["train.weight_decay=0.01"],
+    "mask_instances_128": ["data.max_mask_instances=128"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}
