@@ -30,6 +30,8 @@ from statistics import median
 
 from common import read_json, tinyseg, train_or_resume
 
+from tinyseg.config import Config, apply_overrides
+from tinyseg.data.flips import flip_pairs
 from tinyseg.training.trainer import amp_supported
 
 HERE = Path(__file__).resolve().parent
@@ -85,6 +87,13 @@ def datasets(a, work: Path) -> dict[str, dict]:
     }
 
 
+def default_changes() -> list[str]:
+    """Today's defaults where they differ from the baseline, as overrides of it."""
+    now, base = Config().to_dict(), apply_overrides(Config(), BASELINE).to_dict()
+    keys = [item.split("=")[0].split(".") for item in BASELINE]
+    return [f"{s}.{k}={json.dumps(now[s][k])}" for s, k in keys if now[s][k] != base[s][k]]
+
+
 def configs(names: list[str]) -> dict[str, list[str]]:
     """Name -> --set overrides: "default" is whatever the defaults are now, "baseline" the frozen ones (an empty
     name, as in `--curves ''`, is skipped)."""
@@ -124,12 +133,40 @@ def measure_rate(work: Path, data: dict, dataset: str, name: str, overrides: lis
     return rates[key]
 
 
+def training(data: dict, name: str, overrides: list[str]) -> tuple:
+    """What a configuration trains on a dataset: its network and settings, with auto_flip_pairs settled when the
+    dataset has no left/right classes (there it changes nothing)."""
+    cfg = apply_overrides(Config(), overrides)
+    names = [c["name"] for c in json.loads(Path(data["train"]).read_text())["categories"]]
+    if not flip_pairs(names, cfg.data.flip_pairs):
+        cfg.data.auto_flip_pairs = False
+    return NETWORKS.get(name, "nano"), json.dumps(cfg.to_dict(), sort_keys=True)
+
+
+def twin_result(work: Path, dataset: str, name: str, twins: list[str], minutes: float, seed: int) -> dict | None:
+    """The result of a configuration that trains exactly as `name` does (same budget and seed), from this work
+    folder or the committed results, relabelled as `name`'s: one training, not two."""
+    committed = {(r["dataset"], r["config"], r["minutes"], r["seed"]): r
+                 for r in (read_json(RESULTS.with_suffix(".json")) or {}).get("runs", [])}  # fmt: skip
+    for twin in twins:
+        found = read_json(work / f"{dataset}_{twin}_{minutes:g}min_s{seed}" / "result.json")
+        found = found or committed.get((dataset, twin, minutes, seed))
+        if found:
+            return {**found, "config": name, "trained_as": found.get("trained_as", twin)}
+    return None
+
+
 def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[str], minutes: float, seed: int,
-              rate: float) -> dict:  # fmt: skip
+              rate: float, twins: list[str]) -> dict:  # fmt: skip
     out = work / f"{dataset}_{name}_{minutes:g}min_s{seed}"
     done = read_json(out / "result.json")
     if done:
         return done
+    if not (out / "last.pt").is_file() and (twin := twin_result(work, dataset, name, twins, minutes, seed)):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").write_text(json.dumps(twin, indent=1))
+        print(f"{dataset} {name} {minutes:g} min seed {seed}: trains as {twin['trained_as']}", flush=True)
+        return twin
     n_train = len(json.loads(Path(data["train"]).read_text())["images"])
     epochs = max(1, round(minutes * 60 * rate / n_train))
     overrides = [*overrides, f"model.max_det={data['max_det']}", "train.val_interval=1000"]
@@ -176,10 +213,12 @@ def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: fl
         lines.append(f"| {dataset} | {config} | {minutes:g} | {ap:.3f} | {gain} | {each} |")
     if fp32:
         lines += ["", "†: trained in fp32 (a CPU without native bf16), the others under bf16 autocast; same steps."]
+    twins = sorted({(r["dataset"], r["config"], r["trained_as"]) for r in runs if "trained_as" in r})
+    lines += [f"- {d} `{n}`: the runs of `{t}`, which trains alike on it" for d, n, t in twins]
     lines += [
         "",
         "`baseline`: the defaults before sided classes and photo-grade augmentation; `default`: today's",
-        "defaults; the others: the baseline with",
+        f"defaults ({', '.join(default_changes())}); the others: the baseline with",
         "",
     ]
     changes = {**ABLATIONS, **TUNING, **{k: [f"--model {v}"] for k, v in NETWORKS.items()}}
@@ -250,10 +289,13 @@ def main() -> int:
         rates = {(d, n): relative_rate(work, data[d], d, n, o, medians[d]) if n in OWN_RATE else medians[d]
                  for d in data for n, o, _ in plan}  # fmt: skip
     if a.stage in ("all", "train"):
+        known = configs(["default", "baseline", *ABLATIONS, *TUNING, *NETWORKS])
+        same = {(d, n): training(data[d], n, o) for d in data for n, o in known.items()}
         for seed in (int(s) for s in a.seeds.split(",")):
             for d in data:
                 for name, overrides, minutes in plan:
-                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)])
+                    twins = [n for n in known if n != name and same[(d, n)] == same[(d, name)]]
+                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)], twins)
     if a.stage in ("all", "table"):
         write_results(*merged_results(work), RESULTS, a.ablation_minutes)
     return 0
