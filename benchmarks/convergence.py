@@ -53,8 +53,8 @@ ABLATIONS = {
     "blur_noise": ["data.blur_prob=0.3", "data.noise=8"],
     "min_visible": ["data.min_visible=0.3"],
 }
-# Training settings that may converge faster, each a change to the baseline, run at the ablation budget when named
-# in --ablations.
+# Training settings that may converge faster, and combinations of ablations, each a change to the baseline, run at
+# the ablation budget when named in --ablations (not in the rate median: adding one keeps the budgets).
 TUNING = {
     "lr_0.01": ["train.lr=0.01"],
     "lr_0.04": ["train.lr=0.04"],
@@ -67,6 +67,7 @@ TUNING = {
     "mask_weight_4": ["train.mask_weight=4"],
     "wd_0.01": ["train.weight_decay=0.01"],
     "mask_instances_128": ["data.max_mask_instances=128"],
+    "sides_no_color_jitter": ["data.auto_flip_pairs=true", "data.color_jitter=0"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}
@@ -214,7 +215,7 @@ def write_results(runs: list[dict], rates: dict, out: Path, ablation_minutes: fl
     if fp32:
         lines += ["", "†: trained in fp32 (a CPU without native bf16), the others under bf16 autocast; same steps."]
     twins = sorted({(r["dataset"], r["config"], r["trained_as"]) for r in runs if "trained_as" in r})
-    lines += [f"- {d} `{n}`: the runs of `{t}`, which trains alike on it" for d, n, t in twins]
+    lines += [""] * bool(twins) + [f"- {d} `{n}`: the runs of `{t}`, which trains alike on it" for d, n, t in twins]
     lines += [
         "",
         "`baseline`: the defaults before sided classes and photo-grade augmentation; `default`: today's",
