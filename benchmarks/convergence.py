@@ -134,12 +134,11 @@ def measure_rate(work: Path, data: dict, dataset: str, name: str, overrides: lis
     return rates[key]
 
 
-def training(data: dict, name: str, overrides: list[str]) -> tuple:
+def training(class_names: list[str], name: str, overrides: list[str]) -> tuple:
     """What a configuration trains on a dataset: its network and settings, with auto_flip_pairs settled when the
     dataset has no left/right classes (there it changes nothing)."""
     cfg = apply_overrides(Config(), overrides)
-    names = [c["name"] for c in json.loads(Path(data["train"]).read_text())["categories"]]
-    if not flip_pairs(names, cfg.data.flip_pairs):
+    if not flip_pairs(class_names, cfg.data.flip_pairs):
         cfg.data.auto_flip_pairs = False
     return NETWORKS.get(name, "nano"), json.dumps(cfg.to_dict(), sort_keys=True)
 
@@ -147,12 +146,9 @@ def training(data: dict, name: str, overrides: list[str]) -> tuple:
 def twin_result(work: Path, dataset: str, name: str, twins: list[str], minutes: float, seed: int) -> dict | None:
     """The result of a configuration that trains exactly as `name` does (same budget and seed), from this work
     folder or the committed results, relabelled as `name`'s: one training, not two."""
-    committed = {(r["dataset"], r["config"], r["minutes"], r["seed"]): r
-                 for r in (read_json(RESULTS.with_suffix(".json")) or {}).get("runs", [])}  # fmt: skip
+    runs = {(r["dataset"], r["config"], r["minutes"], r["seed"]): r for r in merged_results(work)[0]}
     for twin in twins:
-        found = read_json(work / f"{dataset}_{twin}_{minutes:g}min_s{seed}" / "result.json")
-        found = found or committed.get((dataset, twin, minutes, seed))
-        if found:
+        if found := runs.get((dataset, twin, minutes, seed)):
             return {**found, "config": name, "trained_as": found.get("trained_as", twin)}
     return None
 
@@ -291,7 +287,8 @@ def main() -> int:
                  for d in data for n, o, _ in plan}  # fmt: skip
     if a.stage in ("all", "train"):
         known = configs(["default", "baseline", *ABLATIONS, *TUNING, *NETWORKS])
-        same = {(d, n): training(data[d], n, o) for d in data for n, o in known.items()}
+        names = {d: [c["name"] for c in json.loads(Path(data[d]["train"]).read_text())["categories"]] for d in data}
+        same = {(d, n): training(names[d], n, o) for d in data for n, o in known.items()}
         for seed in (int(s) for s in a.seeds.split(",")):
             for d in data:
                 for name, overrides, minutes in plan:
