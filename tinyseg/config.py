@@ -81,7 +81,7 @@ class DataConfig:
     # Find the pairs from the names when flip_pairs is empty; false: a flip keeps every label.
     auto_flip_pairs: bool = True
     # Strength of the brightness/contrast/hue jitter (0 disables). Dark images (fluorescence microscopy) train
-    # better without it (benchmarks/results/convergence.md); kept on: the generated demo set trains better with it.
+    # better without it (benchmarks/results/convergence.md); kept on while its worth on colour images is unsettled.
     color_jitter: float = 0.3
     # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting
     # objects from another training image (copy-paste), of a Gaussian blur, and the strength of pixel noise.
