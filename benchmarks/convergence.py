@@ -39,10 +39,10 @@ RESULTS = HERE / "results" / "convergence"
 PHOTO_TRAIN, PHOTO_VAL = 1000, 200
 # The defaults before sided classes and photo-grade augmentation (a flip kept every label), frozen, so that
 # "baseline" keeps meaning the same training when the defaults change.
-BASELINE = ["data.flip_prob=0.5", "data.auto_flip_pairs=false", "data.color_jitter=0.3", "data.scale_min=0.75",
-            "data.scale_max=1.33", "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0",
-            "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03", "train.ema_decay=0.998",
-            "train.batch=8"]  # fmt: skip
+BASELINE = ["data.flip_prob=0.5", "data.auto_flip_pairs=false", "data.color_jitter=0.3",
+            "data.color_jitter_mode=mid_grey", "data.scale_min=0.75", "data.scale_max=1.33", "data.copy_paste=0.0",
+            "data.blur_prob=0.0", "data.noise=0.0", "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03",
+            "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
 # Ablations, each a change to the baseline, run at the ablation budget only.
 ABLATIONS = {
     "no_flip": ["data.flip_prob=0"],
@@ -68,6 +68,8 @@ TUNING = {
     "wd_0.01": ["train.weight_decay=0.01"],
     "mask_instances_128": ["data.max_mask_instances=128"],
     "sides_no_color_jitter": ["data.auto_flip_pairs=true", "data.color_jitter=0"],
+    "jitter_about_mean": ["data.color_jitter_mode=image"],
+    "sides_jitter_about_mean": ["data.auto_flip_pairs=true", "data.color_jitter_mode=image"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}
@@ -148,7 +150,8 @@ def twin_result(work: Path, dataset: str, name: str, twins: list[str], minutes: 
     folder or the committed results, relabelled as `name`'s: one training, not two."""
     runs = {(r["dataset"], r["config"], r["minutes"], r["seed"]): r for r in merged_results(work)[0]}
     for twin in twins:
-        if found := runs.get((dataset, twin, minutes, seed)):
+        found = runs.get((dataset, twin, minutes, seed))
+        if found and found.get("trained_as", twin) in twins:  # not reused in turn from a stale twin
             return {**found, "config": name, "trained_as": found.get("trained_as", twin)}
     return None
 
@@ -157,8 +160,8 @@ def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[s
               rate: float, twins: list[str]) -> dict:  # fmt: skip
     out = work / f"{dataset}_{name}_{minutes:g}min_s{seed}"
     done = read_json(out / "result.json")
-    if done:
-        return done
+    if done and done.get("trained_as", name) in (name, *twins):
+        return done  # else: reused from a configuration that no longer trains alike (the defaults changed)
     if not (out / "last.pt").is_file() and (twin := twin_result(work, dataset, name, twins, minutes, seed)):
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(twin, indent=1))

@@ -217,6 +217,7 @@ CASES: list[tuple[str, Callable[[World], list[str]], int, str]] = [
     ("device tpu", lambda w: _train(w, "--device", "tpu"), 2, "train.device = 'tpu'"),
     ("device cuda absent", lambda w: _train(w, "--device", "cuda"), 2, "no CUDA device"),
     ("mask head unknown", lambda w: _train(w, "--set", "model.mask_head=blob"), 2, "model.mask_head = 'blob'"),
+    ("jitter mode unknown", lambda w: _train(w, "--set", "data.color_jitter_mode=hsv"), 2, "one of image, mid_grey"),
     ("config missing", lambda w: _train(w, "--config", str(w.root / "c.yaml")), 2, "c.yaml: config file not found"),
     ("config not yaml", lambda w: _train(w, "--config", _file(w, "c1.yaml", ":\n  - ]")), 2, "not valid YAML"),
     ("config a list", lambda w: _train(w, "--config", _file(w, "c2.yaml", "- 1")), 2, "expected a mapping"),

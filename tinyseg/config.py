@@ -24,6 +24,7 @@ from tinyseg.errors import ConfigError
 MASK_MARGIN = 2.0
 # The mask designs models/masks.py builds.
 MASK_HEADS = ("prototypes", "condinst", "centermask")
+COLOR_JITTER_MODES = ("image", "mid_grey")
 
 
 @dataclass
@@ -80,9 +81,11 @@ class DataConfig:
     flip_pairs: tuple[tuple[str, ...], ...] = ()
     # Find the pairs from the names when flip_pairs is empty; false: a flip keeps every label.
     auto_flip_pairs: bool = True
-    # Strength of the brightness/contrast/hue jitter (0 disables). Dark images (fluorescence microscopy) train
-    # better without it (benchmarks/results/convergence.md); kept on while its worth on colour images is unsettled.
+    # Strength of the brightness/contrast/colour jitter (0 disables).
     color_jitter: float = 0.3
+    # "image": contrast about the image's own mean, brightness as a gain; "mid_grey": the first version (contrast
+    # about grey 128, additive brightness), which clips dim objects on dark images to black.
+    color_jitter_mode: str = "image"
     # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting
     # objects from another training image (copy-paste), of a Gaussian blur, and the strength of pixel noise.
     copy_paste: float = 0.0
@@ -271,6 +274,7 @@ RANGE_CHECKS: list[tuple[str, Callable[[Any], bool], str]] = [
     ("data.scale_max", _within(0.05, 20), "in 0.05..20 and >= data.scale_min"),
     ("data.flip_prob", _within(0, 1), "in [0, 1]"),
     ("data.color_jitter", _within(0, 1), "in [0, 1]"),
+    ("data.color_jitter_mode", lambda v: v in COLOR_JITTER_MODES, f"one of {', '.join(COLOR_JITTER_MODES)}"),
     ("data.copy_paste", _within(0, 1), "in [0, 1]"),
     ("data.blur_prob", _within(0, 1), "in [0, 1]"),
     ("data.noise", _within(0, 64), "in 0..64 grey levels"),

@@ -46,6 +46,7 @@ class TrainingSamples:
     # Instances cut by the crop or covered by pasted objects to less than this fraction of their area become
     # ignore regions (data.min_visible).
     min_visible: float = 0.0
+    color_jitter_mode: str = "image"  # data.color_jitter_mode
 
 
 def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:
@@ -64,6 +65,7 @@ def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Seque
         cfg.blur_prob,
         cfg.noise,
         cfg.min_visible,
+        cfg.color_jitter_mode,
     )
 
 
@@ -121,7 +123,7 @@ class CocoDataset(Dataset):
             return _chw_view(T.warp_image(img, m, S)), sample
         rng = np.random.default_rng([self.seed, epoch, i])
         out, crops, labels, full, m = self._augmented(i, rng)
-        out = T.color_jitter(out, rng, t.color_jitter)
+        out = T.color_jitter(out, rng, t.color_jitter, t.color_jitter_mode)
         if t.copy_paste and rng.random() < t.copy_paste:
             out, crops, labels, full = self._paste(out, crops, labels, full, rng)
         out = T.blur_and_noise(out, rng, t.blur_prob, t.noise)
