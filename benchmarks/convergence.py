@@ -265,6 +265,20 @@ def plot(cells: dict[tuple, list[float]], path: Path, ablation_minutes: float) -
     fig.savefig(path, dpi=100)
 
 
+def alike(data: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
+    """(dataset, configuration) -> the other configurations that train exactly as it does on that dataset."""
+    known = configs(["default", "baseline", *ABLATIONS, *TUNING, *NETWORKS])
+    names = {d: [c["name"] for c in json.loads(Path(data[d]["train"]).read_text())["categories"]] for d in data}
+    same = {(d, n): training(names[d], n, o) for d in data for n, o in known.items()}
+    return {(d, n): [m for m in known if m != n and same[(d, m)] == same[(d, n)]] for d, n in same}
+
+
+def still_alike(run: dict, twins: dict[tuple[str, str], list[str]]) -> bool:
+    """False for a run reused from another configuration that no longer trains alike (the defaults changed)."""
+    key = (run["dataset"], run["config"])
+    return "trained_as" not in run or key not in twins or run["trained_as"] in twins[key]
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", default="5,10,20,40", help="budgets of the convergence curves (CPU minutes)")
@@ -288,17 +302,15 @@ def main() -> int:
         medians = {d: median([measure_rate(work, data[d], d, n, o) for n, o in every.items()]) for d in data}
         rates = {(d, n): relative_rate(work, data[d], d, n, o, medians[d]) if n in OWN_RATE else medians[d]
                  for d in data for n, o, _ in plan}  # fmt: skip
+    twins = alike(data)
     if a.stage in ("all", "train"):
-        known = configs(["default", "baseline", *ABLATIONS, *TUNING, *NETWORKS])
-        names = {d: [c["name"] for c in json.loads(Path(data[d]["train"]).read_text())["categories"]] for d in data}
-        same = {(d, n): training(names[d], n, o) for d in data for n, o in known.items()}
         for seed in (int(s) for s in a.seeds.split(",")):
             for d in data:
                 for name, overrides, minutes in plan:
-                    twins = [n for n in known if n != name and same[(d, n)] == same[(d, name)]]
-                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)], twins)
+                    train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)], twins[(d, name)])
     if a.stage in ("all", "table"):
-        write_results(*merged_results(work), RESULTS, a.ablation_minutes)
+        runs, rates = merged_results(work)
+        write_results([r for r in runs if still_alike(r, twins)], rates, RESULTS, a.ablation_minutes)
     return 0
 
 
