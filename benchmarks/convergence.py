@@ -145,13 +145,19 @@ def training(class_names: list[str], name: str, overrides: list[str]) -> tuple:
     return NETWORKS.get(name, "nano"), json.dumps(cfg.to_dict(), sort_keys=True)
 
 
+def still_alike(run: dict, twins: list[str] | None) -> bool:
+    """False for a run reused from a configuration that no longer trains as the run's own does (the defaults
+    changed). twins: the configurations that train alike (None: not known here, the run is kept)."""
+    return twins is None or run.get("trained_as", run["config"]) in (run["config"], *twins)
+
+
 def twin_result(work: Path, dataset: str, name: str, twins: list[str], minutes: float, seed: int) -> dict | None:
     """The result of a configuration that trains exactly as `name` does (same budget and seed), from this work
     folder or the committed results, relabelled as `name`'s: one training, not two."""
     runs = {(r["dataset"], r["config"], r["minutes"], r["seed"]): r for r in merged_results(work)[0]}
     for twin in twins:
         found = runs.get((dataset, twin, minutes, seed))
-        if found and found.get("trained_as", twin) in twins:  # not reused in turn from a stale twin
+        if found and still_alike(found, twins):  # not reused in turn from a stale twin
             return {**found, "config": name, "trained_as": found.get("trained_as", twin)}
     return None
 
@@ -160,8 +166,8 @@ def train_run(work: Path, data: dict, dataset: str, name: str, overrides: list[s
               rate: float, twins: list[str]) -> dict:  # fmt: skip
     out = work / f"{dataset}_{name}_{minutes:g}min_s{seed}"
     done = read_json(out / "result.json")
-    if done and done.get("trained_as", name) in (name, *twins):
-        return done  # else: reused from a configuration that no longer trains alike (the defaults changed)
+    if done and still_alike(done, twins):
+        return done
     if not (out / "last.pt").is_file() and (twin := twin_result(work, dataset, name, twins, minutes, seed)):
         out.mkdir(parents=True, exist_ok=True)
         (out / "result.json").write_text(json.dumps(twin, indent=1))
@@ -273,12 +279,6 @@ def alike(data: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
     return {(d, n): [m for m in known if m != n and same[(d, m)] == same[(d, n)]] for d, n in same}
 
 
-def still_alike(run: dict, twins: dict[tuple[str, str], list[str]]) -> bool:
-    """False for a run reused from another configuration that no longer trains alike (the defaults changed)."""
-    key = (run["dataset"], run["config"])
-    return "trained_as" not in run or key not in twins or run["trained_as"] in twins[key]
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--minutes", default="5,10,20,40", help="budgets of the convergence curves (CPU minutes)")
@@ -310,7 +310,8 @@ def main() -> int:
                     train_run(work, data[d], d, name, overrides, minutes, seed, rates[(d, name)], twins[(d, name)])
     if a.stage in ("all", "table"):
         runs, rates = merged_results(work)
-        write_results([r for r in runs if still_alike(r, twins)], rates, RESULTS, a.ablation_minutes)
+        current = [r for r in runs if still_alike(r, twins.get((r["dataset"], r["config"])))]
+        write_results(current, rates, RESULTS, a.ablation_minutes)
     return 0
 
 
