@@ -16,7 +16,7 @@ def _dark_image(background: int, nucleus: int) -> np.ndarray:
 @given(st.integers(0, 10), st.integers(15, 50), st.integers(0, 2**32 - 1), st.floats(0.05, 0.5))
 def test_jitter_keeps_dim_objects_above_a_dark_background(background, contrast, seed, strength):
     img = _dark_image(background, background + contrast)
-    out = color_jitter(img, np.random.default_rng(seed), strength).astype(int)
+    out = color_jitter(img, np.random.default_rng(seed), strength, "image").astype(int)
     assert (out[20, 20] > out[0, 0]).all()  # every channel: the object is still brighter than its surround
     assert out[0, 0].max() <= 2 * background + 2  # a gain, not an offset: black stays (nearly) black
 
@@ -36,6 +36,6 @@ def test_mid_grey_jitter_clips_dim_objects_the_image_mode_keeps():
 def test_jitter_zero_strength_is_identity_and_result_is_contiguous():
     img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
     assert color_jitter(img, np.random.default_rng(0), 0) is img
-    for seed in range(10):
-        out = color_jitter(img, np.random.default_rng(seed), 0.3)
+    for seed, mode in zip(range(10), ["image", "mid_grey"] * 5):
+        out = color_jitter(img, np.random.default_rng(seed), 0.3, mode)
         assert out.shape == img.shape and out.dtype == np.uint8 and out.flags.c_contiguous

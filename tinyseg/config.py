@@ -83,9 +83,10 @@ class DataConfig:
     auto_flip_pairs: bool = True
     # Strength of the brightness/contrast/colour jitter (0 disables).
     color_jitter: float = 0.3
-    # "image": contrast about the image's own mean, brightness as a gain; "mid_grey": the first version (contrast
-    # about grey 128, additive brightness), which clips dim objects on dark images to black.
-    color_jitter_mode: str = "image"
+    # "mid_grey": contrast about grey 128 and an additive brightness; "image": contrast about the image's own
+    # mean, brightness as a gain, which keeps dim objects on dark images. mid_grey stays the default: image
+    # trained no better on DSB2018 and worse on the demo set (issue 17, benchmarks/results/convergence.md).
+    color_jitter_mode: str = "mid_grey"
     # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting
     # objects from another training image (copy-paste), of a Gaussian blur, and the strength of pixel noise.
     copy_paste: float = 0.0

@@ -46,7 +46,7 @@ class TrainingSamples:
     # Instances cut by the crop or covered by pasted objects to less than this fraction of their area become
     # ignore regions (data.min_visible).
     min_visible: float = 0.0
-    color_jitter_mode: str = "image"  # data.color_jitter_mode
+    color_jitter_mode: str = "mid_grey"  # data.color_jitter_mode
 
 
 def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:

@@ -175,7 +175,7 @@ def random_affine(
     return m
 
 
-def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, mode: str = "image") -> np.ndarray:
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, mode: str = "mid_grey") -> np.ndarray:
     """Random contrast, brightness and per-channel gain through one lookup table per channel (fast), then a
     random channel order half the time. See `jitter_about_image_mean` and `jitter_about_mid_grey` for the modes."""
     if strength <= 0:
@@ -202,8 +202,8 @@ def jitter_about_image_mean(img: np.ndarray, rng: np.random.Generator, strength:
 
 
 def jitter_about_mid_grey(rng: np.random.Generator, strength: float) -> list[np.ndarray]:
-    """The first version, kept for the convergence benchmark's baseline: contrast about grey 128 and an additive
-    brightness, which on a dark image clips dim objects to black and lifts the background."""
+    """Contrast about grey 128 and an additive brightness: on a dark image this clips dim objects to black and
+    lifts the background."""
     x = np.arange(256, dtype=np.float32)
     contrast = 1 + rng.uniform(-strength, strength)
     luts = []
