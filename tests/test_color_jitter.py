@@ -22,7 +22,7 @@ def test_jitter_keeps_dim_objects_above_a_dark_background(background, contrast, 
 
 
 def test_mid_grey_jitter_clips_dim_objects_the_image_mode_keeps():
-    """Why the mode changed: contrast about grey 128 plus an offset maps a dim object and the background to
+    """Why the image mode exists: contrast about grey 128 plus an offset maps a dim object and the background to
     the same value (black) in some samples."""
     img = _dark_image(5, 30)
     lost = {mode: 0 for mode in ("image", "mid_grey")}
@@ -35,7 +35,7 @@ def test_mid_grey_jitter_clips_dim_objects_the_image_mode_keeps():
 
 def test_jitter_zero_strength_is_identity_and_result_is_contiguous():
     img = np.random.default_rng(0).integers(0, 256, (20, 30, 3), dtype=np.uint8)
-    assert color_jitter(img, np.random.default_rng(0), 0) is img
+    assert color_jitter(img, np.random.default_rng(0), 0, "image") is img
     for seed, mode in zip(range(10), ["image", "mid_grey"] * 5):
         out = color_jitter(img, np.random.default_rng(seed), 0.3, mode)
         assert out.shape == img.shape and out.dtype == np.uint8 and out.flags.c_contiguous

@@ -175,7 +175,7 @@ def random_affine(
     return m
 
 
-def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, mode: str = "mid_grey") -> np.ndarray:
+def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, mode: str) -> np.ndarray:
     """Random contrast, brightness and per-channel gain through one lookup table per channel (fast), then a
     random channel order half the time. See `jitter_about_image_mean` and `jitter_about_mid_grey` for the modes."""
     if strength <= 0:
