@@ -31,7 +31,9 @@ from statistics import median
 from common import read_json, tinyseg, train_or_resume
 
 from tinyseg.config import Config, apply_overrides
+from tinyseg.data.coco import load_coco, read_record_image
 from tinyseg.data.flips import flip_pairs
+from tinyseg.data.transforms import is_grey
 from tinyseg.training.trainer import amp_supported
 
 HERE = Path(__file__).resolve().parent
@@ -40,9 +42,9 @@ PHOTO_TRAIN, PHOTO_VAL = 1000, 200
 # The defaults before sided classes and photo-grade augmentation (a flip kept every label), frozen, so that
 # "baseline" keeps meaning the same training when the defaults change.
 BASELINE = ["data.flip_prob=0.5", "data.auto_flip_pairs=false", "data.color_jitter=0.3",
-            "data.color_jitter_mode=mid_grey", "data.scale_min=0.75", "data.scale_max=1.33", "data.copy_paste=0.0",
-            "data.blur_prob=0.0", "data.noise=0.0", "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03",
-            "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
+            "data.color_jitter_mode=mid_grey", "data.jitter_keeps_grey=false", "data.scale_min=0.75",
+            "data.scale_max=1.33", "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0",
+            "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03", "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
 # Ablations, each a change to the baseline, run at the ablation budget only.
 ABLATIONS = {
     "no_flip": ["data.flip_prob=0"],
@@ -70,6 +72,7 @@ TUNING = {
     "sides_no_color_jitter": ["data.auto_flip_pairs=true", "data.color_jitter=0"],
     "jitter_about_mean": ["data.color_jitter_mode=image"],
     "sides_jitter_about_mean": ["data.auto_flip_pairs=true", "data.color_jitter_mode=image"],
+    "jitter_keeps_grey": ["data.jitter_keeps_grey=true"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}
@@ -136,12 +139,19 @@ def measure_rate(work: Path, data: dict, dataset: str, name: str, overrides: lis
     return rates[key]
 
 
-def training(class_names: list[str], name: str, overrides: list[str]) -> tuple:
+def has_grey_image(train_json: str) -> bool:
+    """Whether any training image has three equal channels (elsewhere data.jitter_keeps_grey changes nothing)."""
+    return any(is_grey(read_record_image(rec)) for rec in load_coco(train_json).images)
+
+
+def training(class_names: list[str], grey: bool, name: str, overrides: list[str]) -> tuple:
     """What a configuration trains on a dataset: its network and settings, with auto_flip_pairs settled when the
-    dataset has no left/right classes (there it changes nothing)."""
+    dataset has no left/right classes and jitter_keeps_grey when it has no grey image (there they change nothing)."""
     cfg = apply_overrides(Config(), overrides)
     if not flip_pairs(class_names, cfg.data.flip_pairs):
         cfg.data.auto_flip_pairs = False
+    if not grey:
+        cfg.data.jitter_keeps_grey = False
     return NETWORKS.get(name, "nano"), json.dumps(cfg.to_dict(), sort_keys=True)
 
 
@@ -275,7 +285,8 @@ def alike(data: dict[str, dict]) -> dict[tuple[str, str], list[str]]:
     """(dataset, configuration) -> the other configurations that train exactly as it does on that dataset."""
     known = configs(["default", "baseline", *ABLATIONS, *TUNING, *NETWORKS])
     names = {d: [c["name"] for c in json.loads(Path(data[d]["train"]).read_text())["categories"]] for d in data}
-    same = {(d, n): training(names[d], n, o) for d in data for n, o in known.items()}
+    grey = {d: has_grey_image(data[d]["train"]) for d in data}
+    same = {(d, n): training(names[d], grey[d], n, o) for d in data for n, o in known.items()}
     return {(d, n): [m for m in known if m != n and same[(d, m)] == same[(d, n)]] for d, n in same}
 
 

@@ -47,6 +47,7 @@ class TrainingSamples:
     # ignore regions (data.min_visible).
     min_visible: float = 0.0
     color_jitter_mode: str = "mid_grey"  # data.color_jitter_mode
+    jitter_keeps_grey: bool = False  # data.jitter_keeps_grey
 
 
 def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Sequence[str] = ()) -> TrainingSamples:
@@ -66,6 +67,7 @@ def build_training_samples(cfg: DataConfig, mask_stride: int, class_names: Seque
         cfg.noise,
         cfg.min_visible,
         cfg.color_jitter_mode,
+        cfg.jitter_keeps_grey,
     )
 
 
@@ -123,7 +125,7 @@ class CocoDataset(Dataset):
             return _chw_view(T.warp_image(img, m, S)), sample
         rng = np.random.default_rng([self.seed, epoch, i])
         out, crops, labels, full, m = self._augmented(i, rng)
-        out = T.color_jitter(out, rng, t.color_jitter, t.color_jitter_mode)
+        out = T.color_jitter(out, rng, t.color_jitter, t.color_jitter_mode, t.jitter_keeps_grey)
         if t.copy_paste and rng.random() < t.copy_paste:
             out, crops, labels, full = self._paste(out, crops, labels, full, rng)
         out = T.blur_and_noise(out, rng, t.blur_prob, t.noise)

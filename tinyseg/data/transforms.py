@@ -175,16 +175,27 @@ def random_affine(
     return m
 
 
-def color_jitter(img: np.ndarray, rng: np.random.Generator, strength: float, mode: str) -> np.ndarray:
+def color_jitter(
+    img: np.ndarray, rng: np.random.Generator, strength: float, mode: str, keep_grey: bool
+) -> np.ndarray:  # fmt: skip
     """Random contrast, brightness and per-channel gain through one lookup table per channel (fast), then a
-    random channel order half the time. See `jitter_about_image_mean` and `jitter_about_mid_grey` for the modes."""
+    random channel order half the time. See `jitter_about_image_mean` and `jitter_about_mid_grey` for the modes.
+    keep_grey: a grey image (three equal channels) gets the first channel's table on all three, so it is never
+    tinted; the random numbers drawn stay the same, so a colour image is jittered exactly as without it."""
     if strength <= 0:
         return img
     luts = jitter_about_image_mean(img, rng, strength) if mode == "image" else jitter_about_mid_grey(rng, strength)
+    if keep_grey and is_grey(img):
+        luts = [luts[0]] * 3
     out = np.stack([cv2.LUT(img[:, :, c], luts[c]) for c in range(3)], 2)
     if rng.random() < 0.5:
         out = out[:, :, rng.permutation(3)]
     return np.ascontiguousarray(out)
+
+
+def is_grey(img: np.ndarray) -> bool:
+    """True when the three channels of an HxWx3 image are equal everywhere."""
+    return bool(np.array_equal(img[:, :, 0], img[:, :, 1]) and np.array_equal(img[:, :, 1], img[:, :, 2]))
 
 
 def jitter_about_image_mean(img: np.ndarray, rng: np.random.Generator, strength: float) -> list[np.ndarray]:
