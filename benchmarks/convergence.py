@@ -44,7 +44,8 @@ PHOTO_TRAIN, PHOTO_VAL = 1000, 200
 BASELINE = ["data.flip_prob=0.5", "data.auto_flip_pairs=false", "data.color_jitter=0.3",
             "data.color_jitter_mode=mid_grey", "data.jitter_keeps_grey=false", "data.scale_min=0.75",
             "data.scale_max=1.33", "data.copy_paste=0.0", "data.blur_prob=0.0", "data.noise=0.0",
-            "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03", "train.ema_decay=0.998", "train.batch=8"]  # fmt: skip
+            "data.min_visible=0.0", "train.lr=0.02", "train.warmup=0.03", "train.ema_decay=0.998",
+            "train.batch=8"]  # fmt: skip
 # Ablations, each a change to the baseline, run at the ablation budget only.
 ABLATIONS = {
     "no_flip": ["data.flip_prob=0"],
