@@ -9,6 +9,7 @@ from pathlib import Path
 from tinyseg.deploy.export.onnx import export_onnx
 from tinyseg.deploy.export.openvino import export_openvino
 from tinyseg.deploy.export.parity import (
+    MOVED_MAX_REDUCED,
     PARITY_CONF,
     SCORE_TOLERANCE,
     SCORE_TOLERANCE_REDUCED,
@@ -54,7 +55,14 @@ def run_export(
     else:
         path = _export_onnx_based(seg, fmt, path, half, int8, calib_batch, max_det)
     check = calib_batch[:VERIFY_IMAGES] if calib_batch is not None else verify_batch(seg.imgsz, VERIFY_IMAGES)
-    parity = check_parity(seg, path, check, score_tol=SCORE_TOLERANCE_REDUCED if half or int8 else SCORE_TOLERANCE)
+    reduced = half or int8
+    parity = check_parity(
+        seg,
+        path,
+        check,
+        score_tol=SCORE_TOLERANCE_REDUCED if reduced else SCORE_TOLERANCE,
+        moved_max=MOVED_MAX_REDUCED if reduced else 0.0,
+    )
     print(f"wrote {path} ({model_file_size(path) / 1e6:.2f} MB, {tag})")
     if split:
         _print_npu_fallback(path)

@@ -16,6 +16,9 @@ MASK_IOU_MIN = 0.99
 SCORE_TOLERANCE = 1e-5
 # FP16 and INT8 move scores by more; the pairing of detections then allows this much.
 SCORE_TOLERANCE_REDUCED = 2e-3
+# Their rounding also moves a peak to the neighbouring cell where two cells' objectness nearly tie: that
+# detection's box and score change by more than the tolerances. Up to this fraction of detections may move.
+MOVED_MAX_REDUCED = 0.05
 # Detections below this score are not compared: near-zero scores tie and swap places freely.
 PARITY_CONF = 0.1
 VERIFY_SEED = 12345  # the generated scenes an export is verified on when no calibration images are given
@@ -26,12 +29,14 @@ class Parity:
     images: int
     detections: int
     max_box_diff: float  # pixels, over detections scoring >= conf in PyTorch
-    min_mask_iou: float
+    min_mask_iou: float  # over the detections that did not move
     ok: bool
+    moved: int = 0  # detections whose box differs by more than the tolerance (or without a counterpart)
 
     def __str__(self) -> str:
+        moved = f", {self.moved} moved" if self.moved else ""
         return (
-            f"{'OK' if self.ok else 'MISMATCH'}: {self.images} images, {self.detections} detections, "
+            f"{'OK' if self.ok else 'MISMATCH'}: {self.images} images, {self.detections} detections{moved}, "
             f"max box difference {self.max_box_diff:.3f} px, min mask IoU {self.min_mask_iou:.4f}"
         )
 
@@ -45,25 +50,32 @@ def check_parity(
     iou_tol: float = MASK_IOU_MIN,
     device: str = "CPU",
     score_tol: float = SCORE_TOLERANCE,
+    moved_max: float = 0.0,
 ) -> Parity:
     """Run the exported model and PyTorch on the same letterboxed images and compare every PyTorch detection
     scoring >= conf with its counterpart (same class, score within score_tol; nearest box, since near-equal
     scores may swap places in top-K): boxes within box_tol px, mask IoU (at 0.5) >= iou_tol. A detection
-    without a counterpart counts as box difference inf. Detections tied with the K-th score are skipped: which
-    of equal scores makes the top-K cut is arbitrary."""
+    without a counterpart counts as box difference inf. Up to moved_max of the detections may miss the box
+    tolerance (reduced precision). Detections tied with the K-th score are skipped: which of equal scores makes
+    the top-K cut is arbitrary."""
     from tinyseg.deploy.runtime import EdgeSegmenter
 
     edge = EdgeSegmenter(model_path, device=device)
     ref = seg.run(images, edge.meta["max_det"])
-    max_diff, min_iou, n = 0.0, 1.0, 0
+    max_diff, min_iou, n, moved = 0.0, 1.0, 0, 0
     for i in range(len(images)):
         out = {k: v[0] for k, v in edge.run(images[i : i + 1]).items()}
         cut = ref["scores"][i, -1] + score_tol
         for k in np.flatnonzero((ref["scores"][i] >= conf) & (ref["scores"][i] > cut)):
             n += 1
             diff, iou = _match(out, {key: v[i, k] for key, v in ref.items()}, score_tol)
-            max_diff, min_iou = max(max_diff, diff), min(min_iou, iou)
-    return Parity(len(images), n, max_diff, min_iou, max_diff <= box_tol and min_iou >= iou_tol)
+            max_diff = max(max_diff, diff)
+            if diff > box_tol:
+                moved += 1
+            else:
+                min_iou = min(min_iou, iou)
+    ok = moved <= moved_max * n and min_iou >= iou_tol
+    return Parity(len(images), n, max_diff, min_iou, ok, moved)
 
 
 def _match(out: dict, det: dict, score_tol: float) -> tuple[float, float]:
