@@ -74,6 +74,7 @@ TUNING = {
     "jitter_about_mean": ["data.color_jitter_mode=image"],
     "sides_jitter_about_mean": ["data.auto_flip_pairs=true", "data.color_jitter_mode=image"],
     "jitter_keeps_grey": ["data.jitter_keeps_grey=true"],
+    "color_jitter_0.1": ["data.color_jitter=0.1"],
 }
 # Other networks (config name -> preset) at the baseline's settings.
 NETWORKS = {"small": "small"}

@@ -87,8 +87,8 @@ class DataConfig:
     # mean, brightness as a gain, which keeps dim objects on dark images. mid_grey stays the default: image
     # trained no better on DSB2018 and worse on the demo set (issue 17, benchmarks/results/convergence.md).
     color_jitter_mode: str = "mid_grey"
-    # A grey image (microscopy, X-ray, thermal) keeps its three channels equal under the jitter instead of
-    # being tinted, as every grey image it will meet is.
+    # true: a grey image (microscopy, X-ray, thermal) keeps its three channels equal under the jitter instead of
+    # being tinted; colour images are jittered exactly as without it. Off: it trained no better on DSB2018.
     jitter_keeps_grey: bool = False
     # Photo-grade augmentation, off until a measurement says it pays (issue 17): the probability of pasting
     # objects from another training image (copy-paste), of a Gaussian blur, and the strength of pixel noise.
