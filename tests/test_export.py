@@ -13,7 +13,7 @@ import pytest
 
 from tinyseg.deploy.export.onnx import export_onnx, float_node_names, onnx_meta
 from tinyseg.deploy.export.openvino import export_openvino
-from tinyseg.deploy.export.parity import MOVED_MAX_REDUCED, SCORE_TOLERANCE_REDUCED, check_parity, verify_batch
+from tinyseg.deploy.export.parity import MOVED_MAX_REDUCED, check_parity, tolerances, verify_batch
 from tinyseg.deploy.export.quantize import quantize_onnx
 from tinyseg.errors import EdgeRuntimeError
 from tinyseg.predict import Segmenter
@@ -59,8 +59,7 @@ def test_openvino_matches_pytorch(seg, onnx_path, images, tmp_path, half):
     assert xml.with_suffix(".bin").is_file()
     edge = EdgeSegmenter(xml)
     assert edge.backend == "openvino" and edge.meta["precision"] == ("fp16" if half else "fp32")
-    reduced = {"score_tol": SCORE_TOLERANCE_REDUCED, "moved_max": MOVED_MAX_REDUCED} if half else {}
-    parity = check_parity(seg, xml, images, conf=0.0, **reduced)
+    parity = check_parity(seg, xml, images, conf=0.0, **tolerances(half))
     assert parity.ok and parity.detections >= 40, parity
     # The prototypes reach the mask MatMul channels-last without a copy: no 4-D Transpose is executed
     # (without the identity conv after the prototype sum, or with a dynamic batch, one is).
@@ -82,8 +81,7 @@ def test_parity_catches_a_model_that_differs(spread_ckpt, onnx_path, images, tmp
         ck["model"][key] = ck["model"][key] + 1.0  # boxes change; the export keeps the old ones
     save_checkpoint(ck, tmp_path / "other.pt")
     other = Segmenter.load(tmp_path / "other.pt")
-    reduced = {"score_tol": SCORE_TOLERANCE_REDUCED, "moved_max": MOVED_MAX_REDUCED}
-    parity = check_parity(other, onnx_path, images, conf=0.0, **reduced)
+    parity = check_parity(other, onnx_path, images, conf=0.0, **tolerances(True))
     assert parity.detections >= 40 and parity.moved > MOVED_MAX_REDUCED * parity.detections and not parity.ok
 
 

@@ -9,11 +9,9 @@ from pathlib import Path
 from tinyseg.deploy.export.onnx import export_onnx
 from tinyseg.deploy.export.openvino import export_openvino
 from tinyseg.deploy.export.parity import (
-    MOVED_MAX_REDUCED,
     PARITY_CONF,
-    SCORE_TOLERANCE,
-    SCORE_TOLERANCE_REDUCED,
     check_parity,
+    tolerances,
     verify_batch,
 )
 from tinyseg.deploy.export.quantize import calibration_images, quantize_onnx, quantize_openvino
@@ -55,14 +53,7 @@ def run_export(
     else:
         path = _export_onnx_based(seg, fmt, path, half, int8, calib_batch, max_det)
     check = calib_batch[:VERIFY_IMAGES] if calib_batch is not None else verify_batch(seg.imgsz, VERIFY_IMAGES)
-    reduced = half or int8
-    parity = check_parity(
-        seg,
-        path,
-        check,
-        score_tol=SCORE_TOLERANCE_REDUCED if reduced else SCORE_TOLERANCE,
-        moved_max=MOVED_MAX_REDUCED if reduced else 0.0,
-    )
+    parity = check_parity(seg, path, check, **tolerances(half or int8))
     print(f"wrote {path} ({model_file_size(path) / 1e6:.2f} MB, {tag})")
     if split:
         _print_npu_fallback(path)

@@ -24,6 +24,11 @@ PARITY_CONF = 0.1
 VERIFY_SEED = 12345  # the generated scenes an export is verified on when no calibration images are given
 
 
+def tolerances(reduced: bool) -> dict:
+    """check_parity's tolerances for an FP32 export (the defaults) or an FP16 / INT8 one (reduced)."""
+    return {"score_tol": SCORE_TOLERANCE_REDUCED, "moved_max": MOVED_MAX_REDUCED} if reduced else {}
+
+
 @dataclass
 class Parity:
     images: int
